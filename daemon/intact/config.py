@@ -1,0 +1,595 @@
+"""One typed configuration tree: TOML file < ``INTACT_*`` env vars < CLI flags, validated once.
+
+Every timeout, bound and policy intact uses lives here with its default and a one-line
+meaning; the README's configuration reference is generated from these declarations
+(``intact config-reference``), so docs and code cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+BackoffGrowth = Literal["exponential", "linear", "fibonacci"]
+JitterKind = Literal["full", "equal", "decorrelated", "none"]
+ResumeMode = Literal["prefill", "prefix", "instruct", "restart"]
+LogFormat = Literal["auto", "json", "console"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+OtlpProtocol = Literal["grpc", "http/protobuf"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the person who has to fix it."""
+
+
+def setting(
+    default: Any,
+    doc: str,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    pattern: str | None = None,
+) -> Any:
+    """Declare a config key with its default, its meaning and its allowed range."""
+    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "pattern": pattern}
+    if isinstance(default, list | dict):
+        raise TypeError("use tuples for sequence defaults")
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """The app-side Unix socket and the admin HTTP listener."""
+
+    socket: str = setting(
+        "", "Unix socket path apps connect to; empty means $XDG_RUNTIME_DIR/intact.sock "
+        "(or /tmp/intact.sock when XDG_RUNTIME_DIR is unset)."
+    )
+    socket_mode: str = setting(
+        "0660", "Permission bits of the socket file (octal string).", pattern=r"0?[0-7]{3}"
+    )
+    max_body_bytes: int = setting(
+        8 * 1024 * 1024, "Largest request body accepted from an app; larger gets HTTP 413.", ge=1024
+    )
+    drain_timeout: float = setting(
+        30.0, "Seconds in-flight streams may run on after SIGTERM before they are cut.", ge=0
+    )
+    metrics_addr: str = setting(
+        "127.0.0.1:9464",
+        "HOST:PORT of the admin listener (/metrics, /healthz, /readyz, /debug/state); "
+        "'off' disables it.",
+        pattern=r"off|\[?[^\s\]]*\]?:\d{1,5}",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryConfig:
+    """How often and how patiently intact re-tries an upstream."""
+
+    max_attempts: int = setting(
+        6, "Upstream attempts per app request, initial + retries + resumes together.", ge=1, le=50
+    )
+    base_delay: float = setting(0.25, "Backoff base delay in seconds.", ge=0)
+    max_delay: float = setting(8.0, "Upper bound of one backoff sleep in seconds.", ge=0)
+    backoff: BackoffGrowth = setting("exponential", "How the backoff grows per retry.")
+    jitter: JitterKind = setting("full", "How the backoff is randomised (AWS study: full).")
+    max_retry_after: float = setting(
+        60.0, "Longest provider-requested wait (Retry-After etc.) intact will honour, seconds.",
+        ge=0,
+    )
+    budget_ratio: float = setting(
+        0.2, "Retries+resumes allowed as a fraction of recent requests (per upstream).",
+        ge=0, le=10,
+    )
+    budget_min_per_second: float = setting(
+        10.0, "Retries+resumes always allowed per second regardless of traffic.", ge=0
+    )
+    budget_ttl: float = setting(
+        10.0, "Seconds a request keeps counting towards the retry budget (Finagle ttl).",
+        ge=1, le=60,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamConfig:
+    """Timeouts of one app request and its upstream attempts."""
+
+    connect_timeout: float = setting(5.0, "Seconds to establish an upstream connection.", gt=0)
+    first_token_timeout: float = setting(
+        30.0, "Seconds from sending an attempt to its first SSE event before it is abandoned.",
+        gt=0,
+    )
+    stall_timeout: float = setting(
+        20.0, "Longest silence between SSE events after the first before the stream is "
+        "treated as stalled.", gt=0,
+    )
+    total_timeout: float = setting(
+        600.0, "Deadline of a whole app request, every attempt and backoff included; apps "
+        "may shorten it with the `intact-timeout` header.", gt=0,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BreakerConfig:
+    """Per-upstream circuit breaker (failure rate over a sliding time window)."""
+
+    failure_rate_threshold: float = setting(
+        0.5, "Failure rate (0..1) over the window at which the breaker opens.", gt=0, le=1
+    )
+    minimum_calls: int = setting(
+        20, "Calls needed in the window before the failure rate is judged.", ge=1
+    )
+    window: float = setting(30.0, "Sliding window length in seconds.", gt=0)
+    open_duration: float = setting(
+        30.0, "Seconds the breaker stays open before half-open probes are let through.", gt=0
+    )
+    half_open_probes: int = setting(
+        3, "Probe calls in half-open; all must succeed to close, one failure re-opens.", ge=1
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecoveryConfig:
+    """Mid-stream recovery: how a broken stream is resumed and spliced."""
+
+    buffer_tool_calls: bool = setting(
+        True, "Hold tool-call deltas until each tool call is complete, so an interruption "
+        "inside one is regenerated invisibly."
+    )
+    resume_across_upstreams: bool = setting(
+        False, "Allow a resume to move to the next upstream (the model may differ)."
+    )
+    min_overlap_chars: int = setting(
+        8, "Shortest repeated tail of the partial text that is removed from a continuation; "
+        "shorter repeats are indistinguishable from natural text.", ge=1,
+    )
+    max_overlap_chars: int = setting(
+        2048, "How far back into the partial text a repeated continuation may start "
+        "(besides a full restart from the beginning).", ge=16,
+    )
+    divergence_chars: int = setting(
+        32, "A continuation that matched this many chars of earlier text and then differs "
+        "is rejected as diverged (and the resume is tried again).", ge=8,
+    )
+    max_partial_chars: int = setting(
+        4_000_000, "Largest partial answer kept for resuming; longer streams still flow but "
+        "end with an explicit error if interrupted.", ge=1024,
+    )
+    max_tool_call_bytes: int = setting(
+        1_048_576, "Largest buffered tool call; a larger one is released unbuffered.", ge=1024
+    )
+    instruct_prompt: str = setting(
+        "Your previous reply was cut off. Continue it exactly where it stopped: do not "
+        "repeat any of it, do not add any preamble, start with the next characters.",
+        "User message appended after the partial answer in `instruct` resume mode.",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class TelemetryConfig:
+    """Logs, traces and metrics."""
+
+    log_format: LogFormat = setting(
+        "auto", "JSON lines, or a console format; auto = console when stdout is a terminal."
+    )
+    log_level: LogLevel = setting("info", "Lowest log level written.")
+    log_content: bool = setting(
+        False, "Log prompts and completions (off: never logged)."
+    )
+    otlp_endpoint: str = setting(
+        "", "OTLP collector endpoint; empty = use OTEL_EXPORTER_OTLP_* variables if set, "
+        "else no OTLP export."
+    )
+    otlp_protocol: OtlpProtocol = setting(
+        "grpc", "OTLP transport (OTEL_EXPORTER_OTLP_PROTOCOL overrides when set)."
+    )
+    export_interval: float = setting(
+        15.0, "Seconds between OTLP metric exports.", gt=0
+    )
+    max_model_labels: int = setting(
+        20, "Distinct model label values per upstream before further ones become 'other'.",
+        ge=1,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpstreamConfig:
+    """One OpenAI-compatible provider endpoint; upstreams are tried in the order given."""
+
+    name: str = setting("default", "Name used in logs, metrics and /debug/state.",
+                        pattern=r"[A-Za-z0-9_.-]{1,64}")
+    base_url: str = setting(
+        "https://api.openai.com/v1", "Base URL of the OpenAI-compatible API.",
+        pattern=r"https?://\S+",
+    )
+    api_key_env: str = setting(
+        "", "Name of the environment variable holding this upstream's API key."
+    )
+    models: tuple[str, ...] = setting(
+        (), "Models this upstream serves; empty = every model."
+    )
+    provider: str = setting(
+        "openai", "gen_ai.provider.name reported in telemetry (openai, azure.ai.openai, ...)."
+    )
+    resume: ResumeMode = setting(
+        "prefill", "How a broken stream is continued: prefill (vLLM continue_final_message), "
+        "prefix (DeepSeek/Mistral), instruct (OpenAI), restart (only before any output)."
+    )
+    max_concurrent_streams: int = setting(
+        256, "Attempts in flight to this upstream; more wait up to queue_timeout.", ge=1
+    )
+    queue_timeout: float = setting(
+        1.0, "Seconds a request waits for a free stream slot before HTTP 503.", ge=0
+    )
+    max_queued: int = setting(
+        64, "Requests allowed to wait for a stream slot; more get HTTP 503 at once.", ge=0
+    )
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """The whole daemon configuration."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    upstreams: tuple[UpstreamConfig, ...] = ()
+
+    def socket_path(self) -> str:
+        if self.server.socket:
+            return self.server.socket
+        runtime_dir = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+        return str(Path(runtime_dir) / "intact.sock")
+
+
+# Sections every upstream inherits and may override key by key.
+_OVERRIDABLE = ("retry", "stream", "breaker")
+_SECTIONS: dict[str, type[Any]] = {
+    "server": ServerConfig,
+    "retry": RetryConfig,
+    "stream": StreamConfig,
+    "breaker": BreakerConfig,
+    "recovery": RecoveryConfig,
+    "telemetry": TelemetryConfig,
+}
+
+# The single-upstream shortcut when neither flags, env nor file name an upstream.
+_DEFAULT_UPSTREAM = {
+    "name": "default",
+    "base_url": "https://api.openai.com/v1",
+    "api_key_env": "OPENAI_API_KEY",
+    "resume": "instruct",
+}
+
+
+def _hints(cls: type[Any]) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _describe_type(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin is tuple:
+        return "a list of strings"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+def _check_value(key: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
+    """Coerce and validate one scalar; raise ConfigError naming key, value and what is allowed."""
+    origin = get_origin(tp)
+    allowed = _describe_type(tp)
+    bad = ConfigError(f"{key} = {value!r} is not allowed: expected {allowed}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise bad
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise bad
+        return tuple(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise bad
+        pattern = meta.get("pattern")
+        if pattern and not re.fullmatch(pattern, value):
+            raise ConfigError(f"{key} = {value!r} is not allowed: expected a string matching "
+                              f"{pattern}")
+        return value
+    ge, gt, le = meta.get("ge"), meta.get("gt"), meta.get("le")
+    for limit, ok, word in (
+        (ge, ge is None or value >= ge, ">="),
+        (gt, gt is None or value > gt, ">"),
+        (le, le is None or value <= le, "<="),
+    ):
+        if not ok:
+            raise ConfigError(f"{key} = {value!r} is not allowed: expected {allowed} {word} "
+                              f"{limit}")
+    return value
+
+
+def _build(cls: type[Any], raw: Mapping[str, Any], prefix: str) -> Any:
+    """Build one config dataclass from a raw table, rejecting unknown keys."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.')} must be a table, got {raw!r}")
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            allowed = ", ".join(sorted(fields))
+            raise ConfigError(f"unknown key {prefix}{key} (allowed keys: {allowed})")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(typing.cast(type[Any], tp), value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _check_value(f"{prefix}{key}", value, tp, fields[key].metadata)
+    return cls(**kwargs)
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build_config(raw: Mapping[str, Any]) -> Config:
+    """Validate a merged raw tree (file < env < flags) into a Config."""
+    top_allowed = {*list(_SECTIONS), "upstreams"}
+    for key in raw:
+        if key not in top_allowed:
+            raise ConfigError(
+                f"unknown key {key} (allowed keys: {', '.join(sorted(top_allowed))})"
+            )
+    sections = {name: _build(cls, raw.get(name, {}), f"{name}.")
+                for name, cls in _SECTIONS.items()}
+    raw_upstreams = raw.get("upstreams")
+    if raw_upstreams is None:
+        raw_upstreams = [_DEFAULT_UPSTREAM]
+    if not isinstance(raw_upstreams, list) or not raw_upstreams:
+        raise ConfigError(f"upstreams = {raw_upstreams!r} is not allowed: expected a non-empty "
+                          "array of tables ([[upstreams]])")
+    upstreams: list[UpstreamConfig] = []
+    for i, up in enumerate(raw_upstreams):
+        if not isinstance(up, Mapping):
+            raise ConfigError(f"upstreams[{i}] must be a table, got {up!r}")
+        # Each upstream inherits the global [retry]/[stream]/[breaker] and overrides per key.
+        resolved = dict(up)
+        for name in _OVERRIDABLE:
+            resolved[name] = _merge(raw.get(name, {}), up.get(name, {}) or {})
+        upstreams.append(_build(UpstreamConfig, resolved, f"upstreams[{i}]."))
+    names = [u.name for u in upstreams]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"upstreams: name {dupes[0]!r} is used twice (names must be unique)")
+    return Config(upstreams=tuple(upstreams), **sections)
+
+
+def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {os.fspath(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {os.fspath(path)!r} is not valid TOML: {exc}") from None
+
+
+# Flag-like env vars; INTACT_<SECTION>__<KEY> covers every other scalar key.
+ENV_SHORTCUTS = {
+    "INTACT_CONFIG": "config",
+    "INTACT_SOCKET": "socket",
+    "INTACT_UPSTREAM": "upstream",
+    "INTACT_API_KEY_ENV": "api_key_env",
+    "INTACT_METRICS_ADDR": "metrics_addr",
+    "INTACT_RESUME": "resume",
+}
+
+
+def _parse_env_value(name: str, text: str, tp: Any) -> Any:
+    if tp is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} = {text!r} is not allowed: expected true or false")
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{name} = {text!r} is not allowed: expected an integer") from None
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"{name} = {text!r} is not allowed: expected a number") from None
+    if get_origin(tp) is tuple:
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return text
+
+
+def env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Split INTACT_* variables into a raw config overlay and flag-like shortcuts."""
+    overlay: dict[str, Any] = {}
+    shortcuts: dict[str, str] = {}
+    for name, value in environ.items():
+        if not name.startswith("INTACT_"):
+            continue
+        if name in ENV_SHORTCUTS:
+            shortcuts[ENV_SHORTCUTS[name]] = value
+            continue
+        section, sep, key = name[len("INTACT_"):].lower().partition("__")
+        cls = _SECTIONS.get(section)
+        if not sep or cls is None or key not in _hints(cls):
+            known = ", ".join([*ENV_SHORTCUTS, "INTACT_<SECTION>__<KEY>"])
+            raise ConfigError(f"unknown environment variable {name} (known: {known})")
+        overlay.setdefault(section, {})[key] = _parse_env_value(name, value, _hints(cls)[key])
+    return overlay, shortcuts
+
+
+@dataclass(frozen=True, kw_only=True)
+class Overrides:
+    """What the command line sets; None means 'not given'."""
+
+    config: str | None = None
+    socket: str | None = None
+    upstream: str | None = None
+    api_key_env: str | None = None
+    metrics_addr: str | None = None
+    resume: str | None = None
+
+
+def _apply_shortcuts(raw: dict[str, Any], opts: Mapping[str, str | None]) -> dict[str, Any]:
+    out = dict(raw)
+    if opts.get("socket") is not None:
+        out["server"] = {**out.get("server", {}), "socket": opts["socket"]}
+    if opts.get("metrics_addr") is not None:
+        out["server"] = {**out.get("server", {}), "metrics_addr": opts["metrics_addr"]}
+    if opts.get("upstream") is not None:
+        single: dict[str, Any] = {"name": "default", "base_url": opts["upstream"]}
+        out["upstreams"] = [single]
+    for key in ("api_key_env", "resume"):
+        if opts.get(key) is None:
+            continue
+        if opts.get("upstream") is None:
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(
+                f"{flag} applies to the upstream given with --upstream (or INTACT_UPSTREAM); "
+                f"with [[upstreams]] in a config file set {key} per upstream there"
+            )
+        out["upstreams"][0][key] = opts[key]
+    return out
+
+
+def resolve(
+    overrides: Overrides | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Load the effective config: defaults < file < INTACT_* env < flags."""
+    overrides = overrides or Overrides()
+    environ = os.environ if environ is None else environ
+    env_overlay, env_short = env_overrides(environ)
+    config_path = overrides.config or env_short.get("config")
+    raw: dict[str, Any] = load_toml(config_path) if config_path else {}
+    raw = _merge(raw, env_overlay)
+    # Env shortcuts first, then flags, so flags win. A flag-given upstream replaces the
+    # env-given one together with its api_key_env/resume.
+    flag_opts = {k: v for k, v in dataclasses.asdict(overrides).items() if k != "config"}
+    env_opts: dict[str, str | None] = {k: v for k, v in env_short.items() if k != "config"}
+    if flag_opts.get("upstream") is not None:
+        for key in ("upstream", "api_key_env", "resume"):
+            env_opts.pop(key, None)
+    raw = _apply_shortcuts(raw, env_opts)
+    if flag_opts.get("upstream") is None and env_opts.get("upstream") is not None:
+        flag_opts["upstream"] = env_opts["upstream"]
+        for key in ("api_key_env", "resume"):
+            if flag_opts.get(key) is None and env_opts.get(key) is not None:
+                flag_opts[key] = env_opts[key]
+    return build_config(_apply_shortcuts(raw, flag_opts))
+
+
+def reference_markdown() -> str:
+    """The README's configuration reference, generated from the declarations above."""
+    lines: list[str] = []
+
+    def table(cls: type[Any], heading: str, skip: tuple[str, ...] = ()) -> None:
+        lines.append(f"#### `{heading}`\n")
+        doc = (cls.__doc__ or "").strip()
+        if doc:
+            lines.append(doc + "\n")
+        lines.append("| key | default | meaning |")
+        lines.append("| --- | --- | --- |")
+        hints = _hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in skip:
+                continue
+            default: Any = f.default
+            if default is dataclasses.MISSING:
+                continue
+            shown = _toml_literal(default)
+            allowed = ""
+            if get_origin(hints[f.name]) is Literal:
+                allowed = " Allowed: " + ", ".join(f"`{a}`" for a in get_args(hints[f.name]))
+            lines.append(f"| `{f.name}` | `{shown}` | {f.metadata.get('doc', '')}{allowed} |")
+        lines.append("")
+
+    for name, cls in _SECTIONS.items():
+        table(cls, f"[{name}]")
+    table(UpstreamConfig, "[[upstreams]]")
+    lines.append(
+        "Each `[[upstreams]]` entry may also carry `[upstreams.retry]`, `[upstreams.stream]` "
+        "and `[upstreams.breaker]` tables that override the global values key by key."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _toml_literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace('"', '\\"') + '"'
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_literal(v) for v in value) + "]"
+    return repr(value)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain-data view of a config (for check-config and /debug/state); no secrets inside."""
+    def conv(obj: Any) -> Any:
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            return {f.name: conv(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        if isinstance(obj, tuple):
+            return [conv(v) for v in obj]
+        return obj
+
+    return typing.cast(dict[str, Any], conv(cfg))
+
+
+__all__ = [
+    "BreakerConfig",
+    "Config",
+    "ConfigError",
+    "Overrides",
+    "RecoveryConfig",
+    "RetryConfig",
+    "ServerConfig",
+    "StreamConfig",
+    "TelemetryConfig",
+    "UpstreamConfig",
+    "build_config",
+    "reference_markdown",
+    "resolve",
+    "to_dict",
+]
