@@ -1,0 +1,71 @@
+"""The admin listener (loopback HTTP): /metrics, /healthz, /readyz and /debug/state.
+
+Kept off the app socket so scraping and probing never compete with app traffic and can be
+firewalled separately.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from intact import __version__
+from intact.relay.engine import Relay
+from intact.resilience.breaker import BreakerState
+
+ADMIN_RELAY: web.AppKey[Relay] = web.AppKey("admin_relay", Relay)
+
+MetricsHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def debug_state(relay: Relay) -> dict[str, Any]:
+    """Breakers, budgets and stream slots per upstream; no secrets, no request content."""
+    return {
+        "version": __version__,
+        "active_requests": relay.active,
+        "upstreams": [
+            {
+                "name": up.name,
+                "base_url": up.config.base_url,
+                "provider": up.config.provider,
+                "models": list(up.config.models),
+                "resume": up.config.resume,
+                "api_key_configured": up.client.has_api_key,
+                "breaker": up.breaker.snapshot(),
+                "retry_budget": up.budget.snapshot(),
+                "streams": up.bulkhead.snapshot(),
+            }
+            for up in relay.upstreams
+        ],
+    }
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    relay = request.app[ADMIN_RELAY]
+    usable = [u.name for u in relay.upstreams if u.breaker.state is not BreakerState.OPEN]
+    status = 200 if usable else 503
+    return web.json_response({"ready": bool(usable), "usable_upstreams": usable},
+                             status=status)
+
+
+async def _debug_state(request: web.Request) -> web.Response:
+    body = orjson.dumps(debug_state(request.app[ADMIN_RELAY]), option=orjson.OPT_INDENT_2)
+    return web.Response(body=body, content_type="application/json")
+
+
+def build_admin_app(relay: Relay, metrics: MetricsHandler | None) -> web.Application:
+    app = web.Application()
+    app[ADMIN_RELAY] = relay
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/debug/state", _debug_state)
+    if metrics is not None:
+        app.router.add_get("/metrics", metrics)
+    return app

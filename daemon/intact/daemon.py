@@ -1,0 +1,109 @@
+"""Daemon lifecycle: build the upstreams and the relay, open the listeners, drain on exit.
+
+Everything with a lifetime is owned here: the upstream sessions (created once, closed
+once), the Unix socket file (removed at exit if still ours), the admin listener, and the
+in-flight streams, which get ``server.drain_timeout`` seconds after SIGTERM before they are
+cancelled (and thereby told, in-band, that the stream ended early).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import structlog
+from aiohttp import web
+
+from intact.admin import build_admin_app
+from intact.clock import SYSTEM_CLOCK, Clock
+from intact.config import Config
+from intact.listener import build_app
+from intact.relay.engine import Relay, UpstreamRuntime
+from intact.telemetry.api import NoTelemetry, Telemetry
+from intact.unix_socket import bind_unix_socket, remove_socket_file, socket_inode
+
+log = structlog.get_logger("intact.daemon")
+
+
+@dataclass
+class RunningDaemon:
+    """Handles to a started daemon (used by `intact run`, the demo and the tests)."""
+
+    config: Config
+    relay: Relay
+    socket_path: str
+    admin_url: str | None
+    runners: list[web.AppRunner] = field(default_factory=list)
+
+
+def split_host_port(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@contextlib.asynccontextmanager
+async def running_daemon(
+    config: Config,
+    *,
+    telemetry: Telemetry | None = None,
+    metrics_handler: object | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    environ: dict[str, str] | None = None,
+) -> AsyncIterator[RunningDaemon]:
+    """Start the daemon inside the current event loop; stop and clean up on exit."""
+    telemetry = telemetry or NoTelemetry()
+    upstreams = [UpstreamRuntime.build(u, telemetry, clock=clock, environ=environ)
+                 for u in config.upstreams]
+    relay = Relay(config, upstreams, telemetry, clock=clock)
+    path = config.socket_path()
+    sock = bind_unix_socket(path, int(config.server.socket_mode, 8))
+    inode = socket_inode(path)
+    runners: list[web.AppRunner] = []
+    try:
+        for up in upstreams:
+            await up.client.start()
+            if up.config.api_key_env and not up.client.has_api_key:
+                log.warning("api_key_missing", upstream=up.name, env=up.config.api_key_env)
+        app = build_app(relay, max_body_bytes=config.server.max_body_bytes)
+        runner = web.AppRunner(app, shutdown_timeout=config.server.drain_timeout,
+                               handler_cancellation=True, access_log=None)
+        await runner.setup()
+        runners.append(runner)
+        await web.SockSite(runner, sock).start()
+        admin_url = None
+        if config.server.metrics_addr != "off":
+            host, port = split_host_port(config.server.metrics_addr)
+            admin = web.AppRunner(build_admin_app(relay, metrics_handler),  # type: ignore[arg-type]
+                                  access_log=None)
+            await admin.setup()
+            runners.append(admin)
+            site = web.TCPSite(admin, host, port)
+            await site.start()
+            bound = admin.addresses[0]
+            admin_url = f"http://{host}:{bound[1]}"
+        log.info("intact_started", socket=path, admin=admin_url,
+                 upstreams=[u.name for u in upstreams])
+        yield RunningDaemon(config=config, relay=relay, socket_path=path, admin_url=admin_url,
+                            runners=runners)
+    finally:
+        for r in runners:
+            await r.cleanup()
+        for up in upstreams:
+            await up.client.close()
+        sock.close()
+        remove_socket_file(path, inode)
+        log.info("intact_stopped")
+
+
+async def serve_until_signalled(config: Config, **kwargs: object) -> None:
+    """`intact run`: serve until SIGTERM or SIGINT, then drain and exit."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_daemon(config, **kwargs):  # type: ignore[arg-type]
+        await stop.wait()
+        log.info("intact_draining", drain_timeout=config.server.drain_timeout)

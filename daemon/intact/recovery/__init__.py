@@ -1,0 +1,1 @@
+"""Mid-stream recovery: build the resume request and splice its continuation seamlessly."""

@@ -1,0 +1,1 @@
+"""The relay: one app request through attempts, retries, resumes and failover."""

@@ -1,0 +1,96 @@
+"""Stream timeouts without a timer per chunk.
+
+A stream is abandoned when its first event does not arrive within ``first_token_timeout``,
+when it goes silent for ``stall_timeout`` after that, or when the request's deadline passes.
+Re-arming a timer on every chunk would allocate a timer handle per token; instead each read
+just stores the loop time, and one timer re-arms itself lazily when it fires early. On
+expiry the reading task is cancelled and the cancellation is turned into an UpstreamFailure
+(the same dance as ``asyncio.timeout``, so an outside cancellation such as the app going
+away still propagates as CancelledError).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+
+from intact.resilience import classify
+from intact.resilience.classify import FailureKind
+
+
+class Watchdog:
+    """Cancels the current task when its stream is silent for too long."""
+
+    __slots__ = ("_cancelling", "_deadline", "_first", "_got_first", "_handle", "_last",
+                 "_loop", "_stall", "_start", "_task", "expired")
+
+    def __init__(self, *, first_token: float, stall: float, deadline: float) -> None:
+        """``deadline`` is absolute, on the event loop's clock."""
+        self._loop = asyncio.get_running_loop()
+        self._first = first_token
+        self._stall = stall
+        self._deadline = deadline
+        self._start = self._last = self._loop.time()
+        self._got_first = False
+        self._task: asyncio.Task[object] | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._cancelling = 0
+        self.expired: FailureKind | None = None
+
+    def _due(self) -> tuple[float, FailureKind]:
+        if self._got_first:
+            due, kind = self._last + self._stall, FailureKind.STALL
+        else:
+            due, kind = self._start + self._first, FailureKind.FIRST_TOKEN_TIMEOUT
+        if self._deadline <= due:
+            return self._deadline, FailureKind.DEADLINE
+        return due, kind
+
+    def __enter__(self) -> Watchdog:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("Watchdog must be used inside a task")
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._handle = self._loop.call_at(self._due()[0], self._fire)
+        return self
+
+    def progress(self) -> None:
+        """Bytes arrived (events, comments or keep-alives): the stream is alive."""
+        self._last = self._loop.time()
+
+    def first_event(self) -> None:
+        self._got_first = True
+        self._last = self._loop.time()
+
+    def _fire(self) -> None:
+        due, kind = self._due()
+        if self._loop.time() + 0.0005 < due:
+            self._handle = self._loop.call_at(due, self._fire)
+            return
+        self._handle = None
+        self.expired = kind
+        assert self._task is not None
+        self._task.cancel()
+
+    def limit(self) -> float:
+        kind = self.expired
+        if kind is FailureKind.STALL:
+            return self._stall
+        if kind is FailureKind.FIRST_TOKEN_TIMEOUT:
+            return self._first
+        return self._deadline - self._start
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self.expired is None or self._task is None:
+            return
+        if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+            raise classify.timeout_failure(self.expired, self.limit()) from None

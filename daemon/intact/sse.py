@@ -1,0 +1,126 @@
+"""Server-sent events codec: an incremental decoder for upstream bytes and the encoders intact
+writes to apps.
+
+Upstream bytes arrive split at arbitrary points (TCP segments, proxies, gzip blocks), so the
+decoder keeps the unterminated tail between reads and yields each event as soon as its blank
+line arrives: no batching, no re-scanning of bytes already seen. It follows the WHATWG
+event-stream rules: CRLF, LF or CR line ends, multi-line ``data:``, comments, ``event``,
+``id`` and ``retry`` fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DONE_DATA = b"[DONE]"
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
+class SSEProtocolError(Exception):
+    """The upstream sent something that cannot be an event stream (e.g. an endless line)."""
+
+
+@dataclass(slots=True)
+class SSEEvent:
+    """One dispatched event; ``data`` is the data lines joined with LF, still bytes."""
+
+    data: bytes
+    event: str | None = None
+    id: str | None = None
+    retry: int | None = None
+
+
+class SSEDecoder:
+    """Incremental event-stream decoder with a bound on one event's size."""
+
+    __slots__ = ("_buf", "_data", "_event", "_id", "_max", "_pending_cr", "_retry", "_size")
+
+    def __init__(self, max_event_bytes: int = 8 * 1024 * 1024) -> None:
+        self._buf = b""
+        self._data: list[bytes] = []
+        self._size = 0
+        self._event: str | None = None
+        self._id: str | None = None
+        self._retry: int | None = None
+        self._max = max_event_bytes
+        # A CR ended the previous read: if the next read starts with LF it belongs to it.
+        self._pending_cr = False
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """Consume bytes; return the events completed by them, in order."""
+        if self._pending_cr:
+            self._pending_cr = False
+            if chunk.startswith(b"\n"):
+                chunk = chunk[1:]
+        buf = self._buf + chunk if self._buf else chunk
+        events: list[SSEEvent] = []
+        pos = 0
+        end = len(buf)
+        has_cr = b"\r" in buf
+        while pos < end:
+            nl = buf.find(b"\n", pos)
+            if has_cr:
+                cr = buf.find(b"\r", pos, nl if nl != -1 else end)
+                if cr != -1:
+                    line = buf[pos:cr]
+                    if cr + 1 < end:
+                        pos = cr + 2 if buf[cr + 1] == 0x0A else cr + 1
+                    else:
+                        pos = end
+                        self._pending_cr = True
+                    self._line(line, events)
+                    continue
+            if nl == -1:
+                break
+            self._line(buf[pos:nl], events)
+            pos = nl + 1
+        self._buf = buf[pos:] if pos < end else b""
+        if len(self._buf) + self._size > self._max:
+            raise SSEProtocolError(f"SSE event larger than {self._max} bytes")
+        return events
+
+    def _line(self, line: bytes, events: list[SSEEvent]) -> None:
+        if not line:
+            if self._data:
+                data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
+                events.append(SSEEvent(data, self._event, self._id, self._retry))
+            self._data = []
+            self._size = 0
+            self._event = None
+            self._retry = None
+            return
+        if line[0] == 0x3A:  # ":" comment / keep-alive
+            return
+        colon = line.find(b":")
+        if colon == -1:
+            name, value = line, b""
+        else:
+            name = line[:colon]
+            value = line[colon + 1 :]
+            if value[:1] == b" ":
+                value = value[1:]
+        if name == b"data":
+            self._data.append(value)
+            self._size += len(value) + 1
+            if self._size > self._max:
+                raise SSEProtocolError(f"SSE event larger than {self._max} bytes")
+        elif name == b"event":
+            self._event = value.decode("utf-8", "replace")
+        elif name == b"id":
+            if b"\x00" not in value:
+                self._id = value.decode("utf-8", "replace")
+        elif name == b"retry" and value.isdigit():
+            self._retry = int(value)
+
+
+def encode_data(data: bytes) -> bytes:
+    """Frame a payload as one SSE event (multi-line payloads become several data lines)."""
+    if b"\n" in data or b"\r" in data:
+        lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        return b"".join(b"data: " + part + b"\n" for part in lines) + b"\n"
+    return b"data: " + data + b"\n\n"
+
+
+def encode_comment(text: str) -> bytes:
+    """An SSE comment line: clients ignore it, humans and curl users can read it."""
+    return b": " + text.replace("\n", " ").encode() + b"\n\n"

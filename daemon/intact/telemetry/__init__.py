@@ -1,0 +1,1 @@
+"""Telemetry: traces (OpenTelemetry GenAI conventions), metrics, JSON logs; wired once at start."""

@@ -1,0 +1,188 @@
+"""The narrow interface through which the relay records facts; telemetry backends implement it.
+
+The relay calls these at request and attempt boundaries only (never per token), so the hot
+path stays free of span events, string formatting and metric lookups.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Protocol
+
+from intact.resilience.breaker import BreakerState
+from intact.resilience.classify import FailureKind, UpstreamFailure
+
+
+class Outcome(enum.StrEnum):
+    """How an app request ended (label values of ``intact_streams_total``)."""
+
+    COMPLETED = "completed"  # no interruption
+    RECOVERED = "recovered"  # interrupted, delivered whole
+    FAILED = "failed"  # ended with an explicit error after interruptions or outages
+    REJECTED = "rejected"  # the upstream refused the request (4xx passed through)
+    CANCELLED = "cancelled"  # the app went away
+
+
+class AttemptReason(enum.StrEnum):
+    INITIAL = "initial"
+    RETRY = "retry"  # nothing had reached the app yet
+    RESUME = "resume"  # continuing a partial answer
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamInfo:
+    """Static facts about an upstream used as telemetry attributes."""
+
+    name: str
+    provider: str
+    address: str
+    port: int
+
+
+@dataclass(slots=True)
+class RequestSummary:
+    """One line per app request: the facts an SRE needs without reading code."""
+
+    outcome: Outcome
+    model: str
+    stream: bool
+    upstream: str
+    attempts: int
+    resumes: int
+    interruptions: list[FailureKind] = field(default_factory=list)
+    completion_tokens: int = 0
+    recovered_tokens: int = 0
+    duration: float = 0.0
+    status: int = 200
+    error_code: str | None = None
+
+
+class AttemptTrace(Protocol):
+    def __enter__(self) -> AttemptTrace: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    def inject(self, headers: dict[str, str]) -> None:
+        """Add trace propagation headers (traceparent) for the upstream request."""
+
+    def first_chunk(self) -> None: ...
+
+    def succeeded(
+        self,
+        *,
+        response_id: str | None,
+        response_model: str | None,
+        finish_reasons: list[str],
+        input_tokens: int | None,
+        output_tokens: int | None,
+        delivered_tokens: int,
+    ) -> None: ...
+
+    def failed(
+        self,
+        failure: UpstreamFailure,
+        *,
+        response_id: str | None,
+        response_model: str | None,
+        delivered_tokens: int,
+    ) -> None: ...
+
+    def cancelled(self, *, delivered_tokens: int) -> None: ...
+
+
+class RequestTrace(Protocol):
+    def __enter__(self) -> RequestTrace: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    def attempt(
+        self,
+        *,
+        number: int,
+        reason: AttemptReason,
+        upstream: UpstreamInfo,
+        request_model: str,
+        resume_mode: str | None,
+        prefix_chars: int,
+    ) -> AttemptTrace: ...
+
+    def budget_exhausted(self, upstream: str) -> None: ...
+
+    def recovered(self, *, upstream: str, seconds: float) -> None:
+        """Interruption detected -> first continuation content delivered."""
+
+    def finish(self, summary: RequestSummary) -> None: ...
+
+
+class Telemetry(Protocol):
+    def request(self, *, headers: Mapping[str, str], model: str, stream: bool) -> RequestTrace:
+        ...
+
+    def breaker_transition(self, upstream: str, old: BreakerState, new: BreakerState) -> None:
+        ...
+
+
+class _NoAttempt:
+    def __enter__(self) -> _NoAttempt:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def inject(self, headers: dict[str, str]) -> None:
+        return None
+
+    def first_chunk(self) -> None:
+        return None
+
+    def succeeded(self, **_: object) -> None:
+        return None
+
+    def failed(self, failure: UpstreamFailure, **_: object) -> None:
+        return None
+
+    def cancelled(self, **_: object) -> None:
+        return None
+
+
+class _NoRequest:
+    def __enter__(self) -> _NoRequest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def attempt(self, **_: object) -> AttemptTrace:
+        return _NoAttempt()
+
+    def budget_exhausted(self, upstream: str) -> None:
+        return None
+
+    def recovered(self, **_: object) -> None:
+        return None
+
+    def finish(self, summary: RequestSummary) -> None:
+        return None
+
+
+class NoTelemetry:
+    """Records nothing; for unit tests of the relay and for embedding."""
+
+    def request(self, *, headers: Mapping[str, str], model: str, stream: bool) -> RequestTrace:
+        return _NoRequest()
+
+    def breaker_transition(self, upstream: str, old: BreakerState, new: BreakerState) -> None:
+        return None

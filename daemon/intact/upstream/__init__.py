@@ -1,0 +1,1 @@
+"""The upstream side: HTTP clients for OpenAI-compatible providers."""

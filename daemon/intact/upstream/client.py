@@ -1,0 +1,168 @@
+"""The upstream side: one long-lived aiohttp session per provider endpoint.
+
+The session (keep-alive pool, bounded connections) lives as long as the daemon; the API key
+is read from the environment once and injected per request; it is never logged and never
+appears in an error message.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+
+from intact import __version__
+from intact.config import UpstreamConfig
+from intact.resilience import classify
+from intact.resilience.classify import UpstreamFailure
+from intact.telemetry.api import UpstreamInfo
+
+# Error bodies are read to pass them through to the app; a bound keeps a broken proxy from
+# streaming megabytes into memory.
+MAX_ERROR_BODY = 64 * 1024
+USER_AGENT = f"intact/{__version__}"
+
+
+class UpstreamClient:
+    """HTTP client for one OpenAI-compatible upstream."""
+
+    def __init__(self, config: UpstreamConfig, *, environ: dict[str, str] | None = None) -> None:
+        self.config = config
+        env = os.environ if environ is None else environ
+        self._api_key = env.get(config.api_key_env, "") if config.api_key_env else ""
+        self._session: aiohttp.ClientSession | None = None
+        self._base = config.base_url.rstrip("/")
+        parts = urlsplit(self._base)
+        default_port = 443 if parts.scheme == "https" else 80
+        self.info = UpstreamInfo(
+            name=config.name,
+            provider=config.provider,
+            address=parts.hostname or "",
+            port=parts.port or default_port,
+        )
+
+    @property
+    def has_api_key(self) -> bool:
+        return bool(self._api_key)
+
+    async def start(self) -> None:
+        """Create the session; must run inside the daemon's event loop."""
+        if self._session is not None:
+            return
+        connector = aiohttp.TCPConnector(
+            limit=self.config.max_concurrent_streams + 8,
+            keepalive_timeout=30.0,
+            ttl_dns_cache=60,
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self.config.stream.connect_timeout,
+            sock_connect=self.config.stream.connect_timeout,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            auto_decompress=True,
+            headers={"User-Agent": USER_AGENT},
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _headers(self, extra: dict[str, str] | None) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        if extra:
+            headers.update(extra)
+        return headers
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError(f"upstream {self.config.name} is not started")
+        return self._session
+
+    async def open_stream(
+        self, body: bytes, *, headers: dict[str, str] | None = None
+    ) -> aiohttp.ClientResponse:
+        """POST /chat/completions and return the 200 response with its body unread.
+
+        Raises UpstreamFailure for connection problems and non-200 statuses (after reading
+        a bounded error body so it can be passed through).
+        """
+        try:
+            resp = await self.session.post(
+                self._base + "/chat/completions", data=body, headers=self._headers(headers)
+            )
+        except aiohttp.ClientError as exc:
+            raise classify.from_exception(exc, before_response=True) from None
+        if resp.status == 200:
+            ctype = resp.headers.get("Content-Type", "")
+            if "text/event-stream" in ctype:
+                return resp
+            raw = await _read_bounded(resp)
+            resp.close()
+            raise _non_stream_200(raw, ctype)
+        try:
+            raw = await _read_bounded(resp)
+        except aiohttp.ClientError:
+            raw = b""
+        finally:
+            resp.close()
+        # Hop-by-hop and framing headers must not be copied onto our own response.
+        keep = {
+            k: v
+            for k, v in resp.headers.items()
+            if k.lower() not in ("content-length", "transfer-encoding", "connection",
+                                 "content-encoding", "keep-alive")
+        }
+        raise classify.from_status(resp.status, keep, raw)
+
+    async def list_models(self, timeout: float) -> dict[str, Any]:
+        """GET /models; raises UpstreamFailure on any problem."""
+        try:
+            async with self.session.get(
+                self._base + "/models",
+                headers=self._headers({"Accept": "application/json"}),
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as resp:
+                raw = await _read_bounded(resp, limit=8 * 1024 * 1024)
+                if resp.status != 200:
+                    raise classify.from_status(resp.status, dict(resp.headers), raw)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise classify.from_exception(exc, before_response=True) from None
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise classify.protocol_error("models list is not JSON") from None
+        if not isinstance(data, dict):
+            raise classify.protocol_error("models list is not an object")
+        return data
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int = MAX_ERROR_BODY) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(chunks)[:limit]
+
+
+def _non_stream_200(raw: bytes, ctype: str) -> UpstreamFailure:
+    """A 200 that is not an event stream: an error object or a proxy page, never a stream."""
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        payload = None
+    if isinstance(payload, dict) and "error" in payload:
+        return classify.from_error_event(payload)
+    return classify.protocol_error(f"expected text/event-stream, got {ctype or 'no content type'}")
