@@ -6,7 +6,6 @@ firewalled separately.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -15,10 +14,9 @@ from aiohttp import web
 from intact import __version__
 from intact.relay.engine import Relay
 from intact.resilience.breaker import BreakerState
+from intact.telemetry.runtime import MetricsHandler
 
 ADMIN_RELAY: web.AppKey[Relay] = web.AppKey("admin_relay", Relay)
-
-MetricsHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def debug_state(relay: Relay) -> dict[str, Any]:

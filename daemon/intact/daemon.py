@@ -23,6 +23,7 @@ from intact.config import Config
 from intact.listener import build_app
 from intact.relay.engine import Relay, UpstreamRuntime
 from intact.telemetry.api import NoTelemetry, Telemetry
+from intact.telemetry.runtime import MetricsHandler
 from intact.unix_socket import bind_unix_socket, remove_socket_file, socket_inode
 
 log = structlog.get_logger("intact.daemon")
@@ -49,7 +50,7 @@ async def running_daemon(
     config: Config,
     *,
     telemetry: Telemetry | None = None,
-    metrics_handler: object | None = None,
+    metrics_handler: MetricsHandler | None = None,
     clock: Clock = SYSTEM_CLOCK,
     environ: dict[str, str] | None = None,
 ) -> AsyncIterator[RunningDaemon]:
@@ -58,6 +59,7 @@ async def running_daemon(
     upstreams = [UpstreamRuntime.build(u, telemetry, clock=clock, environ=environ)
                  for u in config.upstreams]
     relay = Relay(config, upstreams, telemetry, clock=clock)
+    telemetry.observe_breakers(lambda: {u.name: u.breaker.state for u in upstreams})
     path = config.socket_path()
     sock = bind_unix_socket(path, int(config.server.socket_mode, 8))
     inode = socket_inode(path)
@@ -76,8 +78,7 @@ async def running_daemon(
         admin_url = None
         if config.server.metrics_addr != "off":
             host, port = split_host_port(config.server.metrics_addr)
-            admin = web.AppRunner(build_admin_app(relay, metrics_handler),  # type: ignore[arg-type]
-                                  access_log=None)
+            admin = web.AppRunner(build_admin_app(relay, metrics_handler), access_log=None)
             await admin.setup()
             runners.append(admin)
             site = web.TCPSite(admin, host, port)
@@ -98,12 +99,13 @@ async def running_daemon(
         log.info("intact_stopped")
 
 
-async def serve_until_signalled(config: Config, **kwargs: object) -> None:
+async def serve_until_signalled(config: Config, *, telemetry: Telemetry | None = None,
+                                metrics_handler: MetricsHandler | None = None) -> None:
     """`intact run`: serve until SIGTERM or SIGINT, then drain and exit."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running_daemon(config, **kwargs):  # type: ignore[arg-type]
+    async with running_daemon(config, telemetry=telemetry, metrics_handler=metrics_handler):
         await stop.wait()
         log.info("intact_draining", drain_timeout=config.server.drain_timeout)

@@ -7,7 +7,7 @@ path stays free of span events, string formatting and metric lookups.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol
@@ -134,6 +134,9 @@ class Telemetry(Protocol):
     def breaker_transition(self, upstream: str, old: BreakerState, new: BreakerState) -> None:
         ...
 
+    def observe_breakers(self, states: Callable[[], Mapping[str, BreakerState]]) -> None:
+        """Register a callback read at export time for the breaker-state gauge."""
+
 
 class _NoAttempt:
     def __enter__(self) -> _NoAttempt:
@@ -185,4 +188,7 @@ class NoTelemetry:
         return _NoRequest()
 
     def breaker_transition(self, upstream: str, old: BreakerState, new: BreakerState) -> None:
+        return None
+
+    def observe_breakers(self, states: Callable[[], Mapping[str, BreakerState]]) -> None:
         return None
