@@ -48,6 +48,8 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Consume bytes; return the events completed by them, in order."""
+        if not chunk:
+            return []
         if self._pending_cr:
             self._pending_cr = False
             if chunk.startswith(b"\n"):

@@ -125,11 +125,15 @@ class ContinuationSplicer:
         held = "".join(self._held)
         self._held = []
         limits = self._limits
-        best = max((n for n in self._completed if n >= limits.min_overlap_chars), default=0)
-        if best == 0 and final and self._alive and self._matched >= limits.divergence_chars:
-            raise ContinuationDiverged(
-                f"continuation repeated {self._matched} chars of earlier text and stopped"
-            )
+        # A tail repeat must be long enough not to be natural text; a restart from the very
+        # beginning that re-emits all of a short partial answer counts at any length.
+        whole = len(self._norm)
+        best = max((n for n in self._completed if n >= limits.min_overlap_chars or n == whole),
+                   default=0)
+        if best == 0 and final and self._alive and self._matched >= limits.min_overlap_chars:
+            # The continuation re-emitted earlier text and stopped there: nothing new.
+            self.dropped_chars = len(held)
+            return ""
         if best == 0:
             if self._longest_dead >= limits.divergence_chars:
                 raise ContinuationDiverged(
@@ -152,5 +156,9 @@ class ContinuationSplicer:
             if seen == best:
                 cut = idx + 1
                 break
+        if prev_space:
+            # The overlap ended on a (collapsed) whitespace run: it owns the whole run.
+            while cut < len(held) and held[cut].isspace():
+                cut += 1
         self.dropped_chars = cut
         return held[cut:]

@@ -36,7 +36,7 @@ from intact.resilience import classify
 from intact.resilience.backoff import BackoffPolicy, BackoffSchedule
 from intact.resilience.breaker import BreakerPermit, BreakerState, CallOutcome, CircuitBreaker
 from intact.resilience.budget import RetryBudget
-from intact.resilience.bulkhead import Bulkhead
+from intact.resilience.bulkhead import Bulkhead, BulkheadSlot
 from intact.resilience.classify import FailureKind, UpstreamFailure
 from intact.sse import DONE_DATA, SSEDecoder, SSEProtocolError
 from intact.telemetry.api import (
@@ -191,39 +191,13 @@ class _Run:
                 await self.give_up_unavailable()
                 return
             up, permit = chosen
-            if reason is AttemptReason.RESUME:
-                why = self.delivery.why_not_resumable(up.config.resume)
-                if why is not None:
-                    permit.release()
-                    await self.give_up("not_resumable", f"stream interrupted and {why}")
-                    return
-            if reason is AttemptReason.INITIAL:
-                up.budget.deposit()
-            else:
-                if not up.budget.try_withdraw():
-                    permit.release()
-                    self.trace.budget_exhausted(up.name)
-                    log.warning("retry_budget_exhausted", upstream=up.name)
-                    await self.give_up("retry_budget_exhausted",
-                                       f"retry budget of upstream {up.name} is spent")
-                    return
-                delay = self.delay_before(up)
-                if delay is None or self.loop.time() + delay >= self.deadline:
-                    permit.release()
-                    await self.give_up(
-                        "retry_after_too_long" if delay is None else "deadline_exceeded",
-                        "upstream asked to wait longer than allowed" if delay is None
-                        else "the next retry would pass the request deadline",
-                    )
-                    return
-                if delay > 0:
-                    await self.relay.clock.sleep(delay)
-            slot = await up.bulkhead.acquire()
+            try:
+                slot = await self.prepare(up, reason)
+            except BaseException:
+                permit.release()  # a cancelled wait must not hold a half-open probe slot
+                raise
             if slot is None:
                 permit.release()
-                await self.give_up("overloaded",
-                                   f"upstream {up.name} has no free stream slot", status=503,
-                                   retry_after=1.0)
                 return
             s.attempts += 1
             self.stats.per_upstream_attempts[up.name] += 1
@@ -238,6 +212,39 @@ class _Run:
             if not failure.retryable:
                 await self.final_error(failure)
                 return
+
+    async def prepare(self, up: UpstreamRuntime, reason: AttemptReason) -> BulkheadSlot | None:
+        """Everything between choosing an upstream and sending: resumability, budget,
+        backoff, a stream slot. Returns None after ending the request explicitly."""
+        if reason is AttemptReason.RESUME:
+            why = self.delivery.why_not_resumable(up.config.resume)
+            if why is not None:
+                await self.give_up("not_resumable", f"stream interrupted and {why}")
+                return None
+        if reason is AttemptReason.INITIAL:
+            up.budget.deposit()
+        else:
+            if not up.budget.try_withdraw():
+                self.trace.budget_exhausted(up.name)
+                log.warning("retry_budget_exhausted", upstream=up.name)
+                await self.give_up("retry_budget_exhausted",
+                                   f"retry budget of upstream {up.name} is spent")
+                return None
+            delay = self.delay_before(up)
+            if delay is None or self.loop.time() + delay >= self.deadline:
+                await self.give_up(
+                    "retry_after_too_long" if delay is None else "deadline_exceeded",
+                    "upstream asked to wait longer than allowed" if delay is None
+                    else "the next retry would pass the request deadline",
+                )
+                return None
+            if delay > 0:
+                await self.relay.clock.sleep(delay)
+        slot = await up.bulkhead.acquire()
+        if slot is None:
+            await self.give_up("overloaded", f"upstream {up.name} has no free stream slot",
+                               status=503, retry_after=1.0)
+        return slot
 
     def choose(self, reason: AttemptReason) -> tuple[UpstreamRuntime, BreakerPermit] | None:
         """Pick the upstream for the next attempt and take its breaker permit."""

@@ -216,7 +216,7 @@ class CircuitBreaker:
             self._probes_granted -= 1  # the probe said nothing; let another one through
         else:
             self._probes_succeeded += 1
-            if self._probes_succeeded >= self.config.half_open_probes - 1:
+            if self._probes_succeeded >= self.config.half_open_probes:
                 self._transition(BreakerState.CLOSED)
 
     def _transition(self, new: BreakerState) -> None:

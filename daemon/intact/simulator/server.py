@@ -699,7 +699,10 @@ class SimulatedUpstream:
 
     @property
     def base_url(self) -> str:
-        host = f"[{self._host}]" if ":" in self._host else self._host
+        """Where clients point an OpenAI SDK; a wildcard bind is reached over loopback."""
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self._host, self._host)
+        if ":" in host:
+            host = f"[{host}]"
         return f"http://{host}:{self.port}/v1"
 
     # controls

@@ -293,7 +293,7 @@ def prose_tokens(
     max_tokens: int,
     lead: str = "",
 ) -> list[str]:
-    """Paragraphs of sentences until at least `min_tokens` tokens (never past `max_tokens`).
+    """Paragraphs of whole sentences, a random length between `min_tokens` and `max_tokens`.
 
     `lead` is the whitespace before the first word ("" at the start of an answer).
     """
