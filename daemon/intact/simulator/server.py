@@ -798,6 +798,8 @@ class SimulatedUpstream:
 
     async def _answer_chat(self, request: web.Request) -> web.StreamResponse:
         arrived = asyncio.get_running_loop().time()
+        # Every POST counts as a request the upstream saw, refused ones included.
+        self.stats.chat_requests += 1
         self._check_api_key(request)
         chat = parse_chat_request(await request.read())
         # Everything from here to the first await is synchronous, so the seeded draws happen
@@ -805,7 +807,6 @@ class SimulatedUpstream:
         mode = self._mode
         request_id = "req_" + secrets.token_hex(16)
         stats = self.stats
-        stats.chat_requests += 1
         stats.requests_by_kind[chat.kind] += 1
         stats.requests_by_mode[mode] += 1
         if mode == "down":

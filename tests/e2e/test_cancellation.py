@@ -1,0 +1,44 @@
+"""An app that goes away cancels its upstream request promptly."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from support import MESSAGES, daemon_for, fast_sim, raw_client
+
+
+async def test_app_disconnect_closes_the_upstream_within_100ms(tmp_path: Path) -> None:
+    async with fast_sim(tok_per_s=20.0) as sim, daemon_for(tmp_path, sim) as d:
+        body = {"model": "sim-1", "messages": MESSAGES, "stream": True}
+        async with raw_client(d.socket_path) as client:
+            async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+                async for _ in resp.aiter_bytes():
+                    break  # the first bytes arrived: the upstream stream is live
+                closed_at = time.monotonic()
+        # Leaving the block closed the app's connection mid-stream.
+        for _ in range(100):
+            if sim.stats.disconnects:
+                break
+            await asyncio.sleep(0.01)
+        assert sim.stats.disconnects, "the upstream never saw its client go away"
+        assert sim.stats.disconnects[0].at - closed_at < 0.1
+        assert d.relay.active == 0
+
+
+async def test_app_disconnect_during_a_stall_closes_the_upstream(tmp_path: Path) -> None:
+    async with fast_sim() as sim, daemon_for(tmp_path, sim, stream={"stall_timeout": 30.0}) as d:
+        sim.schedule_faults(["stall@3"])
+        body = {"model": "sim-1", "messages": MESSAGES, "stream": True}
+        async with raw_client(d.socket_path) as client:
+            async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+                async for _ in resp.aiter_bytes():
+                    break
+                await asyncio.sleep(0.05)
+                closed_at = time.monotonic()
+        for _ in range(100):
+            if sim.stats.disconnects:
+                break
+            await asyncio.sleep(0.01)
+        assert sim.stats.disconnects and sim.stats.disconnects[0].at - closed_at < 0.1
