@@ -436,6 +436,11 @@ class _Run:
             await self.sink.pass_through(_passable(failure))
             return
         s.outcome = Outcome.FAILED
+        if self.sink.committed:
+            # The stream broke and the upstream refused to continue it (e.g. no prefill).
+            await self._fail(AppError(status=502, message=failure.message,
+                                      type=STREAM_INTERRUPTED, code="resume_rejected"))
+            return
         await self._fail(AppError(status=502, message=failure.message,
                                   type="upstream_error", code=failure.kind.value))
 

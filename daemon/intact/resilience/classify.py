@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
+import orjson
 
 from intact.resilience.retry_after import pushback_seconds
 
@@ -75,6 +76,17 @@ class UpstreamFailure(Exception):
         return f"UpstreamFailure({self.kind.value}, {self.message!r}, status={self.status})"
 
 
+def _error_detail(body: bytes) -> str:
+    """The provider's own error message, for logs and in-band errors (bounded)."""
+    try:
+        payload = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return ""
+    err = payload.get("error") if isinstance(payload, dict) else None
+    message = err.get("message") if isinstance(err, dict) else err
+    return f": {str(message)[:300]}" if message else ""
+
+
 def from_status(status: int, headers: Mapping[str, str], body: bytes) -> UpstreamFailure:
     """Classify a non-200 HTTP response received before any stream byte."""
     pushback = pushback_seconds(headers)
@@ -91,7 +103,8 @@ def from_status(status: int, headers: Mapping[str, str], body: bytes) -> Upstrea
         return UpstreamFailure(FailureKind.HTTP_5XX, f"upstream server error (HTTP {status})",
                                retryable=retryable, breaker_failure=True, status=status,
                                body=body, headers=headers, pushback=pushback)
-    return UpstreamFailure(FailureKind.HTTP_4XX, f"upstream rejected the request (HTTP {status})",
+    return UpstreamFailure(FailureKind.HTTP_4XX,
+                           f"upstream rejected the request (HTTP {status}){_error_detail(body)}",
                            retryable=False, breaker_failure=False, status=status, body=body,
                            headers=headers)
 

@@ -21,6 +21,7 @@ HTTP_429 = "http_429"
 HTTP_500 = "http_500"
 HTTP_503 = "http_503"
 CONNECT_DROP = "connect_drop"
+HTTP_400 = "http_400"
 NO_FAULT = "none"
 
 MID_STREAM_KINDS: tuple[str, ...] = (RESET, STALL, ERROR_EVENT, TRUNCATE)
@@ -30,6 +31,11 @@ BEFORE_RESPONSE_KINDS: tuple[str, ...] = (HTTP_429, HTTP_500, HTTP_503, CONNECT_
 """Faults that replace the response entirely."""
 
 ALL_FAULT_KINDS: tuple[str, ...] = MID_STREAM_KINDS + BEFORE_RESPONSE_KINDS
+"""The transient failures random injection draws from."""
+
+SCRIPTED_ONLY_KINDS: tuple[str, ...] = (HTTP_400,)
+"""Final (non-retryable) refusals, e.g. a provider that rejects assistant prefill with 400;
+only ever injected by a script, never at random."""
 
 Position = int | Literal["mid", "last"]
 
@@ -66,8 +72,8 @@ def parse_fault_spec(spec: str) -> FaultSpec:
     Raises ValueError naming the bad spec and what is allowed.
     """
     kind, _, where = spec.strip().partition("@")
-    allowed = ", ".join((*ALL_FAULT_KINDS, NO_FAULT))
-    if kind not in ALL_FAULT_KINDS and kind != NO_FAULT:
+    allowed = ", ".join((*ALL_FAULT_KINDS, *SCRIPTED_ONLY_KINDS, NO_FAULT))
+    if kind not in ALL_FAULT_KINDS and kind not in SCRIPTED_ONLY_KINDS and kind != NO_FAULT:
         raise ValueError(f"unknown fault kind {kind!r} in fault spec {spec!r}; allowed: {allowed}")
     if not where:
         if "@" in spec:

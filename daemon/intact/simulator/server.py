@@ -31,6 +31,7 @@ from intact.simulator.faults import (
     CONNECT_DROP,
     ERROR_EVENT,
     HTTP_429,
+    HTTP_400,
     HTTP_500,
     HTTP_503,
     RESET,
@@ -824,6 +825,9 @@ class SimulatedUpstream:
             stats.faults_injected[fault.kind] += 1
             if fault.kind == HTTP_429:
                 raise _rate_limited(self.settings.retry_after)
+            if fault.kind == HTTP_400:
+                raise ApiError(400, "This model does not support assistant message prefill.",
+                               param="messages", code="invalid_request")
             if fault.kind == HTTP_500:
                 raise _server_error()
             if fault.kind == HTTP_503:
