@@ -35,20 +35,30 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 def fast_config(tmp_path: Path, upstreams: list[dict[str, Any]], **over: Any) -> Config:
     """Small timeouts and delays so fault tests take milliseconds, not minutes."""
     raw: dict[str, Any] = {
-        "server": {"socket": str(tmp_path / "intact.sock"), "metrics_addr": "127.0.0.1:0",
-                   "drain_timeout": 1.0},
+        "server": {
+            "socket": str(tmp_path / "intact.sock"),
+            "metrics_addr": "127.0.0.1:0",
+            "drain_timeout": 1.0,
+        },
         "retry": {"base_delay": 0.01, "max_delay": 0.05, "budget_min_per_second": 100.0},
-        "stream": {"first_token_timeout": 1.0, "stall_timeout": 0.3, "connect_timeout": 1.0,
-                   "total_timeout": 30.0},
+        "stream": {
+            "first_token_timeout": 1.0,
+            "stall_timeout": 0.3,
+            "connect_timeout": 1.0,
+            "total_timeout": 30.0,
+        },
         "upstreams": upstreams,
     }
     return build_config(_merge(raw, over))
 
 
 @contextlib.asynccontextmanager
-async def daemon_for(tmp_path: Path, sims: list[SimulatedUpstream] | SimulatedUpstream,
-                     telemetry: Telemetry | None = None, **over: Any
-                     ) -> AsyncIterator[RunningDaemon]:
+async def daemon_for(
+    tmp_path: Path,
+    sims: list[SimulatedUpstream] | SimulatedUpstream,
+    telemetry: Telemetry | None = None,
+    **over: Any,
+) -> AsyncIterator[RunningDaemon]:
     sims = sims if isinstance(sims, list) else [sims]
     ups = over.pop("upstreams", None) or [
         {"name": f"sim{i}", "base_url": s.base_url} for i, s in enumerate(sims)
@@ -62,14 +72,19 @@ def sdk(socket_path: str, timeout: float = 30.0) -> openai.AsyncOpenAI:
     """The official SDK exactly as an app would use it against intact."""
     transport = httpx.AsyncHTTPTransport(uds=socket_path)
     return openai.AsyncOpenAI(
-        base_url="http://intact/v1", api_key="unused", max_retries=0,
+        base_url="http://intact/v1",
+        api_key="unused",
+        max_retries=0,
         http_client=httpx.AsyncClient(transport=transport, timeout=timeout),
     )
 
 
 def raw_client(socket_path: str, timeout: float = 30.0) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=socket_path),
-                             base_url="http://intact", timeout=timeout)
+    return httpx.AsyncClient(
+        transport=httpx.AsyncHTTPTransport(uds=socket_path),
+        base_url="http://intact",
+        timeout=timeout,
+    )
 
 
 @dataclass
@@ -85,12 +100,15 @@ class Seen:
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
-async def stream_chat(client: openai.AsyncOpenAI, messages: list[dict[str, Any]] | None = None,
-                      **kwargs: Any) -> Seen:
+async def stream_chat(
+    client: openai.AsyncOpenAI, messages: list[dict[str, Any]] | None = None, **kwargs: Any
+) -> Seen:
     seen = Seen()
     try:
         stream = await client.chat.completions.create(
-            model=kwargs.pop("model", "sim-1"), messages=messages or MESSAGES, stream=True,
+            model=kwargs.pop("model", "sim-1"),
+            messages=messages or MESSAGES,
+            stream=True,
             **kwargs,
         )
         async for chunk in stream:
@@ -105,7 +123,8 @@ async def stream_chat(client: openai.AsyncOpenAI, messages: list[dict[str, Any]]
                     seen.text += delta.content
                 for call in delta.tool_calls or ():
                     entry = seen.tool_calls.setdefault(
-                        call.index, {"id": None, "name": "", "arguments": ""})
+                        call.index, {"id": None, "name": "", "arguments": ""}
+                    )
                     if call.id:
                         entry["id"] = call.id
                     if call.function and call.function.name:
@@ -121,8 +140,10 @@ async def stream_chat(client: openai.AsyncOpenAI, messages: list[dict[str, Any]]
 
 async def sse_lines(socket_path: str, body: dict[str, Any]) -> list[bytes]:
     """The raw SSE lines intact writes for one request (for wire-level assertions)."""
-    async with raw_client(socket_path) as client, \
-            client.stream("POST", "/v1/chat/completions", json=body) as resp:
+    async with (
+        raw_client(socket_path) as client,
+        client.stream("POST", "/v1/chat/completions", json=body) as resp,
+    ):
         data = b"".join([chunk async for chunk in resp.aiter_bytes()])
     return [line for line in data.split(b"\n") if line]
 

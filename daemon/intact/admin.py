@@ -49,8 +49,7 @@ async def _readyz(request: web.Request) -> web.Response:
     relay = request.app[ADMIN_RELAY]
     usable = [u.name for u in relay.upstreams if u.breaker.state is not BreakerState.OPEN]
     status = 200 if usable else 503
-    return web.json_response({"ready": bool(usable), "usable_upstreams": usable},
-                             status=status)
+    return web.json_response({"ready": bool(usable), "usable_upstreams": usable}, status=status)
 
 
 async def _debug_state(request: web.Request) -> web.Response:

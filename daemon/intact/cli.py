@@ -9,8 +9,15 @@ import sys
 from collections.abc import Sequence
 
 from intact import __version__
-from intact.config import ConfigError, Overrides, build_config, load_toml, reference_markdown, \
-    resolve, to_dict
+from intact.config import (
+    ConfigError,
+    Overrides,
+    build_config,
+    load_toml,
+    reference_markdown,
+    resolve,
+    to_dict,
+)
 
 EXIT_CONFIG = 2
 
@@ -26,55 +33,102 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("--config", metavar="FILE", help="TOML config file")
     run.add_argument("--socket", metavar="PATH", help="Unix socket path apps connect to")
-    run.add_argument("--upstream", metavar="URL",
-                     help="base URL of one OpenAI-compatible upstream (named 'default')")
-    run.add_argument("--api-key-env", metavar="NAME",
-                     help="environment variable holding the --upstream API key")
-    run.add_argument("--metrics-addr", metavar="HOST:PORT",
-                     help="admin listener for /metrics, /healthz, /readyz (default "
-                     "127.0.0.1:9464; 'off' disables)")
-    run.add_argument("--resume", choices=("prefill", "prefix", "instruct", "restart"),
-                     help="resume mode of the --upstream upstream (default prefill)")
+    run.add_argument(
+        "--upstream",
+        metavar="URL",
+        help="base URL of one OpenAI-compatible upstream (named 'default')",
+    )
+    run.add_argument(
+        "--api-key-env", metavar="NAME", help="environment variable holding the --upstream API key"
+    )
+    run.add_argument(
+        "--metrics-addr",
+        metavar="HOST:PORT",
+        help="admin listener for /metrics, /healthz, /readyz (default "
+        "127.0.0.1:9464; 'off' disables)",
+    )
+    run.add_argument(
+        "--resume",
+        choices=("prefill", "prefix", "instruct", "restart"),
+        help="resume mode of the --upstream upstream (default prefill)",
+    )
 
-    sim = sub.add_parser("simulate-upstream",
-                         help="run the simulated OpenAI-compatible upstream alone")
+    sim = sub.add_parser(
+        "simulate-upstream", help="run the simulated OpenAI-compatible upstream alone"
+    )
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, required=True)
-    sim.add_argument("--fault-rate", type=float, default=0.0,
-                     help="chance a request is faulted (0..1)")
-    sim.add_argument("--continuation-fault-rate", type=float, default=None,
-                     help="chance a continuation request is faulted (default: --fault-rate)")
-    sim.add_argument("--kinds", default=None,
-                     help="comma-separated fault kinds to draw from (default: all)")
+    sim.add_argument(
+        "--fault-rate", type=float, default=0.0, help="chance a request is faulted (0..1)"
+    )
+    sim.add_argument(
+        "--continuation-fault-rate",
+        type=float,
+        default=None,
+        help="chance a continuation request is faulted (default: --fault-rate)",
+    )
+    sim.add_argument(
+        "--kinds", default=None, help="comma-separated fault kinds to draw from (default: all)"
+    )
     sim.add_argument("--seed", type=int, default=None)
     sim.add_argument("--tok-per-s", type=float, default=60.0)
     sim.add_argument("--ttft", type=float, default=0.25, help="seconds to first token")
-    sim.add_argument("--repeat-prob", type=float, default=0.1,
-                     help="chance a continuation repeats the tail of the partial text")
-    sim.add_argument("--restart-prob", type=float, default=0.0,
-                     help="chance a continuation starts the answer over")
-    sim.add_argument("--retry-after", type=float, default=1.0,
-                     help="Retry-After seconds of http_429 faults")
+    sim.add_argument(
+        "--repeat-prob",
+        type=float,
+        default=0.1,
+        help="chance a continuation repeats the tail of the partial text",
+    )
+    sim.add_argument(
+        "--restart-prob",
+        type=float,
+        default=0.0,
+        help="chance a continuation starts the answer over",
+    )
+    sim.add_argument(
+        "--retry-after", type=float, default=1.0, help="Retry-After seconds of http_429 faults"
+    )
     sim.add_argument("--api-key", default=None, help="require this API key")
 
     demo = sub.add_parser("demo", help="simulated upstream + daemon + load, with a live view")
-    demo.add_argument("--duration", type=float, default=None,
-                      help="seconds to run (default: until Ctrl-C)")
+    demo.add_argument(
+        "--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)"
+    )
     demo.add_argument("--concurrency", type=int, default=16)
-    demo.add_argument("--fault-rate", type=float, default=0.032,
-                      help="interruption rate of the simulated upstream (default 3.2%%)")
+    demo.add_argument(
+        "--fault-rate",
+        type=float,
+        default=0.032,
+        help="interruption rate of the simulated upstream (default 3.2%%)",
+    )
     demo.add_argument("--seed", type=int, default=None)
     demo.add_argument("--tok-per-s", type=float, default=120.0)
-    demo.add_argument("--down-at", type=float, default=None,
-                      help="switch the simulated upstream to 'down' after this many seconds")
-    demo.add_argument("--down-for", type=float, default=20.0,
-                      help="how long the upstream stays down (with --down-at)")
-    demo.add_argument("--metrics-addr", default="127.0.0.1:0",
-                      help="admin listener of the demo daemon (default: a free port)")
-    demo.add_argument("--config", metavar="FILE", default=None,
-                      help="daemon config file (its upstreams are replaced by the simulator)")
-    demo.add_argument("--no-live", action="store_true",
-                      help="print periodic lines instead of the live view")
+    demo.add_argument(
+        "--down-at",
+        type=float,
+        default=None,
+        help="switch the simulated upstream to 'down' after this many seconds",
+    )
+    demo.add_argument(
+        "--down-for",
+        type=float,
+        default=20.0,
+        help="how long the upstream stays down (with --down-at)",
+    )
+    demo.add_argument(
+        "--metrics-addr",
+        default="127.0.0.1:0",
+        help="admin listener of the demo daemon (default: a free port)",
+    )
+    demo.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="daemon config file (its upstreams are replaced by the simulator)",
+    )
+    demo.add_argument(
+        "--no-live", action="store_true", help="print periodic lines instead of the live view"
+    )
 
     check = sub.add_parser("check-config", help="validate a config file and print it resolved")
     check.add_argument("file")
@@ -115,15 +169,23 @@ def _run(args: argparse.Namespace) -> int:
     from intact.telemetry.runtime import start_telemetry
     from intact.unix_socket import SocketInUseError
 
-    cfg = resolve(Overrides(config=args.config, socket=args.socket, upstream=args.upstream,
-                            api_key_env=args.api_key_env, metrics_addr=args.metrics_addr,
-                            resume=args.resume))
+    cfg = resolve(
+        Overrides(
+            config=args.config,
+            socket=args.socket,
+            upstream=args.upstream,
+            api_key_env=args.api_key_env,
+            metrics_addr=args.metrics_addr,
+            resume=args.resume,
+        )
+    )
 
     async def _main() -> None:
         tel = start_telemetry(cfg)
         try:
-            await serve_until_signalled(cfg, telemetry=tel.telemetry,
-                                        metrics_handler=tel.metrics_handler)
+            await serve_until_signalled(
+                cfg, telemetry=tel.telemetry, metrics_handler=tel.metrics_handler
+            )
         finally:
             tel.shutdown()
 
@@ -141,14 +203,23 @@ def _run(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from intact.simulator import ALL_FAULT_KINDS, SimulatorSettings, serve_forever
 
-    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds \
+    kinds = (
+        tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+        if args.kinds
         else ALL_FAULT_KINDS
+    )
     try:
         settings = SimulatorSettings(
-            tok_per_s=args.tok_per_s, ttft=args.ttft, fault_rate=args.fault_rate,
-            continuation_fault_rate=args.continuation_fault_rate, kinds=kinds, seed=args.seed,
-            repeat_prob=args.repeat_prob, restart_prob=args.restart_prob,
-            retry_after=args.retry_after, api_key=args.api_key,
+            tok_per_s=args.tok_per_s,
+            ttft=args.ttft,
+            fault_rate=args.fault_rate,
+            continuation_fault_rate=args.continuation_fault_rate,
+            kinds=kinds,
+            seed=args.seed,
+            repeat_prob=args.repeat_prob,
+            restart_prob=args.restart_prob,
+            retry_after=args.retry_after,
+            api_key=args.api_key,
         )
     except ValueError as exc:
         print(f"intact simulate-upstream: {exc}", file=sys.stderr)

@@ -50,8 +50,9 @@ class ServerConfig:
     """The app-side Unix socket and the admin HTTP listener."""
 
     socket: str = setting(
-        "", "Unix socket path apps connect to; empty means $XDG_RUNTIME_DIR/intact.sock "
-        "(or /tmp/intact.sock when XDG_RUNTIME_DIR is unset)."
+        "",
+        "Unix socket path apps connect to; empty means $XDG_RUNTIME_DIR/intact.sock "
+        "(or /tmp/intact.sock when XDG_RUNTIME_DIR is unset).",
     )
     socket_mode: str = setting(
         "0660", "Permission bits of the socket file (octal string).", pattern=r"0?[0-7]{3}"
@@ -82,19 +83,24 @@ class RetryConfig:
     backoff: BackoffGrowth = setting("exponential", "How the backoff grows per retry.")
     jitter: JitterKind = setting("full", "How the backoff is randomised (AWS study: full).")
     max_retry_after: float = setting(
-        60.0, "Longest provider-requested wait (Retry-After etc.) intact will honour, seconds.",
+        60.0,
+        "Longest provider-requested wait (Retry-After etc.) intact will honour, seconds.",
         ge=0,
     )
     budget_ratio: float = setting(
-        0.2, "Retries+resumes allowed as a fraction of recent requests (per upstream).",
-        ge=0, le=10,
+        0.2,
+        "Retries+resumes allowed as a fraction of recent requests (per upstream).",
+        ge=0,
+        le=10,
     )
     budget_min_per_second: float = setting(
         10.0, "Retries+resumes always allowed per second regardless of traffic.", ge=0
     )
     budget_ttl: float = setting(
-        10.0, "Seconds a request keeps counting towards the retry budget (Finagle ttl).",
-        ge=1, le=60,
+        10.0,
+        "Seconds a request keeps counting towards the retry budget (Finagle ttl).",
+        ge=1,
+        le=60,
     )
 
 
@@ -104,16 +110,21 @@ class StreamConfig:
 
     connect_timeout: float = setting(5.0, "Seconds to establish an upstream connection.", gt=0)
     first_token_timeout: float = setting(
-        30.0, "Seconds from sending an attempt to its first SSE event before it is abandoned.",
+        30.0,
+        "Seconds from sending an attempt to its first SSE event before it is abandoned.",
         gt=0,
     )
     stall_timeout: float = setting(
-        20.0, "Longest silence between SSE events after the first before the stream is "
-        "treated as stalled.", gt=0,
+        20.0,
+        "Longest silence between SSE events after the first before the stream is "
+        "treated as stalled.",
+        gt=0,
     )
     total_timeout: float = setting(
-        600.0, "Deadline of a whole app request, every attempt and backoff included; apps "
-        "may shorten it with the `intact-timeout` header.", gt=0,
+        600.0,
+        "Deadline of a whole app request, every attempt and backoff included; apps "
+        "may shorten it with the `intact-timeout` header.",
+        gt=0,
     )
 
 
@@ -141,27 +152,36 @@ class RecoveryConfig:
     """Mid-stream recovery: how a broken stream is resumed and spliced."""
 
     buffer_tool_calls: bool = setting(
-        True, "Hold tool-call deltas until each tool call is complete, so an interruption "
-        "inside one is regenerated invisibly."
+        True,
+        "Hold tool-call deltas until each tool call is complete, so an interruption "
+        "inside one is regenerated invisibly.",
     )
     resume_across_upstreams: bool = setting(
         False, "Allow a resume to move to the next upstream (the model may differ)."
     )
     min_overlap_chars: int = setting(
-        8, "Shortest repeated tail of the partial text that is removed from a continuation; "
-        "shorter repeats are indistinguishable from natural text.", ge=1,
+        8,
+        "Shortest repeated tail of the partial text that is removed from a continuation; "
+        "shorter repeats are indistinguishable from natural text.",
+        ge=1,
     )
     max_overlap_chars: int = setting(
-        2048, "How far back into the partial text a repeated continuation may start "
-        "(besides a full restart from the beginning).", ge=16,
+        2048,
+        "How far back into the partial text a repeated continuation may start "
+        "(besides a full restart from the beginning).",
+        ge=16,
     )
     divergence_chars: int = setting(
-        32, "A continuation that matched this many chars of earlier text and then differs "
-        "is rejected as diverged (and the resume is tried again).", ge=8,
+        32,
+        "A continuation that matched this many chars of earlier text and then differs "
+        "is rejected as diverged (and the resume is tried again).",
+        ge=8,
     )
     max_partial_chars: int = setting(
-        4_000_000, "Largest partial answer kept for resuming; longer streams still flow but "
-        "end with an explicit error if interrupted.", ge=1024,
+        4_000_000,
+        "Largest partial answer kept for resuming; longer streams still flow but "
+        "end with an explicit error if interrupted.",
+        ge=1024,
     )
     max_tool_call_bytes: int = setting(
         1_048_576, "Largest buffered tool call; a larger one is released unbuffered.", ge=1024
@@ -181,21 +201,19 @@ class TelemetryConfig:
         "auto", "JSON lines, or a console format; auto = console when stdout is a terminal."
     )
     log_level: LogLevel = setting("info", "Lowest log level written.")
-    log_content: bool = setting(
-        False, "Log prompts and completions (off: never logged)."
-    )
+    log_content: bool = setting(False, "Log prompts and completions (off: never logged).")
     otlp_endpoint: str = setting(
-        "", "OTLP collector endpoint; empty = use OTEL_EXPORTER_OTLP_* variables if set, "
-        "else no OTLP export."
+        "",
+        "OTLP collector endpoint; empty = use OTEL_EXPORTER_OTLP_* variables if set, "
+        "else no OTLP export.",
     )
     otlp_protocol: OtlpProtocol = setting(
         "grpc", "OTLP transport (OTEL_EXPORTER_OTLP_PROTOCOL overrides when set)."
     )
-    export_interval: float = setting(
-        15.0, "Seconds between OTLP metric exports.", gt=0
-    )
+    export_interval: float = setting(15.0, "Seconds between OTLP metric exports.", gt=0)
     max_model_labels: int = setting(
-        20, "Distinct model label values per upstream before further ones become 'other'.",
+        20,
+        "Distinct model label values per upstream before further ones become 'other'.",
         ge=1,
     )
 
@@ -204,24 +222,25 @@ class TelemetryConfig:
 class UpstreamConfig:
     """One OpenAI-compatible provider endpoint; upstreams are tried in the order given."""
 
-    name: str = setting("default", "Name used in logs, metrics and /debug/state.",
-                        pattern=r"[A-Za-z0-9_.-]{1,64}")
+    name: str = setting(
+        "default", "Name used in logs, metrics and /debug/state.", pattern=r"[A-Za-z0-9_.-]{1,64}"
+    )
     base_url: str = setting(
-        "https://api.openai.com/v1", "Base URL of the OpenAI-compatible API.",
+        "https://api.openai.com/v1",
+        "Base URL of the OpenAI-compatible API.",
         pattern=r"https?://\S+",
     )
     api_key_env: str = setting(
         "", "Name of the environment variable holding this upstream's API key."
     )
-    models: tuple[str, ...] = setting(
-        (), "Models this upstream serves; empty = every model."
-    )
+    models: tuple[str, ...] = setting((), "Models this upstream serves; empty = every model.")
     provider: str = setting(
         "openai", "gen_ai.provider.name reported in telemetry (openai, azure.ai.openai, ...)."
     )
     resume: ResumeMode = setting(
-        "prefill", "How a broken stream is continued: prefill (vLLM continue_final_message), "
-        "prefix (DeepSeek/Mistral), instruct (OpenAI), restart (only before any output)."
+        "prefill",
+        "How a broken stream is continued: prefill (vLLM continue_final_message), "
+        "prefix (DeepSeek/Mistral), instruct (OpenAI), restart (only before any output).",
     )
     max_concurrent_streams: int = setting(
         256, "Attempts in flight to this upstream; more wait up to queue_timeout.", ge=1
@@ -320,8 +339,9 @@ def _check_value(key: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
             raise bad
         pattern = meta.get("pattern")
         if pattern and not re.fullmatch(pattern, value):
-            raise ConfigError(f"{key} = {value!r} is not allowed: expected a string matching "
-                              f"{pattern}")
+            raise ConfigError(
+                f"{key} = {value!r} is not allowed: expected a string matching {pattern}"
+            )
         return value
     ge, gt, le = meta.get("ge"), meta.get("gt"), meta.get("le")
     for limit, ok, word in (
@@ -330,8 +350,9 @@ def _check_value(key: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
         (le, le is None or value <= le, "<="),
     ):
         if not ok:
-            raise ConfigError(f"{key} = {value!r} is not allowed: expected {allowed} {word} "
-                              f"{limit}")
+            raise ConfigError(
+                f"{key} = {value!r} is not allowed: expected {allowed} {word} {limit}"
+            )
     return value
 
 
@@ -369,17 +390,16 @@ def build_config(raw: Mapping[str, Any]) -> Config:
     top_allowed = {*list(_SECTIONS), "upstreams"}
     for key in raw:
         if key not in top_allowed:
-            raise ConfigError(
-                f"unknown key {key} (allowed keys: {', '.join(sorted(top_allowed))})"
-            )
-    sections = {name: _build(cls, raw.get(name, {}), f"{name}.")
-                for name, cls in _SECTIONS.items()}
+            raise ConfigError(f"unknown key {key} (allowed keys: {', '.join(sorted(top_allowed))})")
+    sections = {name: _build(cls, raw.get(name, {}), f"{name}.") for name, cls in _SECTIONS.items()}
     raw_upstreams = raw.get("upstreams")
     if raw_upstreams is None:
         raw_upstreams = [_DEFAULT_UPSTREAM]
     if not isinstance(raw_upstreams, list) or not raw_upstreams:
-        raise ConfigError(f"upstreams = {raw_upstreams!r} is not allowed: expected a non-empty "
-                          "array of tables ([[upstreams]])")
+        raise ConfigError(
+            f"upstreams = {raw_upstreams!r} is not allowed: expected a non-empty "
+            "array of tables ([[upstreams]])"
+        )
     upstreams: list[UpstreamConfig] = []
     for i, up in enumerate(raw_upstreams):
         if not isinstance(up, Mapping):
@@ -450,7 +470,7 @@ def env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str,
         if name in ENV_SHORTCUTS:
             shortcuts[ENV_SHORTCUTS[name]] = value
             continue
-        section, sep, key = name[len("INTACT_"):].lower().partition("__")
+        section, sep, key = name[len("INTACT_") :].lower().partition("__")
         cls = _SECTIONS.get(section)
         if not sep or cls is None or key not in _hints(cls):
             known = ", ".join([*ENV_SHORTCUTS, "INTACT_<SECTION>__<KEY>"])
@@ -567,6 +587,7 @@ def _toml_literal(value: Any) -> str:
 
 def to_dict(cfg: Config) -> dict[str, Any]:
     """Plain-data view of a config (for check-config and /debug/state); no secrets inside."""
+
     def conv(obj: Any) -> Any:
         if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
             return {f.name: conv(getattr(obj, f.name)) for f in dataclasses.fields(obj)}

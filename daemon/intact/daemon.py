@@ -56,8 +56,9 @@ async def running_daemon(
 ) -> AsyncIterator[RunningDaemon]:
     """Start the daemon inside the current event loop; stop and clean up on exit."""
     telemetry = telemetry or NoTelemetry()
-    upstreams = [UpstreamRuntime.build(u, telemetry, clock=clock, environ=environ)
-                 for u in config.upstreams]
+    upstreams = [
+        UpstreamRuntime.build(u, telemetry, clock=clock, environ=environ) for u in config.upstreams
+    ]
     relay = Relay(config, upstreams, telemetry, clock=clock)
     telemetry.observe_breakers(lambda: {u.name: u.breaker.state for u in upstreams})
     path = config.socket_path()
@@ -70,8 +71,12 @@ async def running_daemon(
             if up.config.api_key_env and not up.client.has_api_key:
                 log.warning("api_key_missing", upstream=up.name, env=up.config.api_key_env)
         app = build_app(relay, max_body_bytes=config.server.max_body_bytes)
-        runner = web.AppRunner(app, shutdown_timeout=config.server.drain_timeout,
-                               handler_cancellation=True, access_log=None)
+        runner = web.AppRunner(
+            app,
+            shutdown_timeout=config.server.drain_timeout,
+            handler_cancellation=True,
+            access_log=None,
+        )
         await runner.setup()
         runners.append(runner)
         await web.SockSite(runner, sock).start()
@@ -85,10 +90,12 @@ async def running_daemon(
             await site.start()
             bound = admin.addresses[0]
             admin_url = f"http://{host}:{bound[1]}"
-        log.info("intact_started", socket=path, admin=admin_url,
-                 upstreams=[u.name for u in upstreams])
-        yield RunningDaemon(config=config, relay=relay, socket_path=path, admin_url=admin_url,
-                            runners=runners)
+        log.info(
+            "intact_started", socket=path, admin=admin_url, upstreams=[u.name for u in upstreams]
+        )
+        yield RunningDaemon(
+            config=config, relay=relay, socket_path=path, admin_url=admin_url, runners=runners
+        )
     finally:
         for r in runners:
             await r.cleanup()
@@ -99,8 +106,12 @@ async def running_daemon(
         log.info("intact_stopped")
 
 
-async def serve_until_signalled(config: Config, *, telemetry: Telemetry | None = None,
-                                metrics_handler: MetricsHandler | None = None) -> None:
+async def serve_until_signalled(
+    config: Config,
+    *,
+    telemetry: Telemetry | None = None,
+    metrics_handler: MetricsHandler | None = None,
+) -> None:
     """`intact run`: serve until SIGTERM or SIGINT, then drain and exit."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

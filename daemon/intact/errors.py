@@ -45,10 +45,12 @@ class AppError:
         return encode_data(self.body())
 
 
-def invalid_request(message: str, *, code: str | None = None, param: str | None = None,
-                    status: int = 400) -> AppError:
-    return AppError(status=status, message=message, type="invalid_request_error", code=code,
-                    param=param)
+def invalid_request(
+    message: str, *, code: str | None = None, param: str | None = None, status: int = 400
+) -> AppError:
+    return AppError(
+        status=status, message=message, type="invalid_request_error", code=code, param=param
+    )
 
 
 def not_found(message: str, code: str = "not_found") -> AppError:

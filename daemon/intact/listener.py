@@ -28,8 +28,12 @@ MODELS_TIMEOUT = 10.0
 
 
 def error_response(error: AppError) -> web.Response:
-    return web.Response(status=error.status, body=error.body(), headers=dict(error.headers),
-                        content_type="application/json")
+    return web.Response(
+        status=error.status,
+        body=error.body(),
+        headers=dict(error.headers),
+        content_type="application/json",
+    )
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -46,19 +50,25 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
         if exc.status == 404:
             err = not_found(f"Unknown route {request.method} {request.path}.")
         elif exc.status == 405:
-            err = invalid_request(f"Method {request.method} is not allowed on {request.path}.",
-                                  code="method_not_allowed", status=405)
+            err = invalid_request(
+                f"Method {request.method} is not allowed on {request.path}.",
+                code="method_not_allowed",
+                status=405,
+            )
         elif exc.status == 413:
-            err = invalid_request("The request body is larger than the configured limit "
-                                  "(server.max_body_bytes).", code="request_too_large",
-                                  status=413)
+            err = invalid_request(
+                "The request body is larger than the configured limit (server.max_body_bytes).",
+                code="request_too_large",
+                status=413,
+            )
         else:
             err = invalid_request(exc.reason or "Bad request.", status=exc.status)
         headers = dict(err.headers)
         if exc.status == 405 and "Allow" in exc.headers:
             headers["Allow"] = exc.headers["Allow"]
-        return web.Response(status=err.status, body=err.body(), headers=headers,
-                            content_type="application/json")
+        return web.Response(
+            status=err.status, body=err.body(), headers=headers, content_type="application/json"
+        )
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -72,14 +82,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         sink = SSESink(request)
         await relay.serve(req, sink, request.headers)
         if sink.result is None:  # defensive: the relay always ends the response
-            return error_response(AppError(status=500, message="no response produced",
-                                           type="server_error"))
+            return error_response(
+                AppError(status=500, message="no response produced", type="server_error")
+            )
         return sink.result
     collector = CompletionSink()
     await relay.serve(req, collector, request.headers)
     if collector.result is None:
-        return error_response(AppError(status=500, message="no response produced",
-                                       type="server_error"))
+        return error_response(
+            AppError(status=500, message="no response produced", type="server_error")
+        )
     return collector.result
 
 
@@ -105,8 +117,14 @@ async def list_models(request: web.Request) -> web.Response:
                 continue
             seen.setdefault(model["id"], model)
     if not seen and failures:
-        return error_response(AppError(status=502, message="; ".join(failures),
-                                       type="upstream_error", code="models_unavailable"))
+        return error_response(
+            AppError(
+                status=502,
+                message="; ".join(failures),
+                type="upstream_error",
+                code="models_unavailable",
+            )
+        )
     body = {"object": "list", "data": list(seen.values())}
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 

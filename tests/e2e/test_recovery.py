@@ -12,9 +12,9 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import MESSAGES, daemon_for, fast_sim, sdk, sse_lines, stream_chat
 
 from intact.simulator import expected_answer
+from support import MESSAGES, daemon_for, fast_sim, sdk, sse_lines, stream_chat
 
 EXPECTED = expected_answer(MESSAGES)
 MID_STREAM = ["reset", "stall", "error_event", "truncate"]
@@ -29,7 +29,8 @@ def assert_prefix_of_answer(text: str, answer: str | None = EXPECTED.content) ->
 @pytest.mark.parametrize("position", POSITIONS)
 @pytest.mark.parametrize("kind", MID_STREAM)
 async def test_stream_fault_at_any_position_gives_the_exact_answer(
-        tmp_path: Path, kind: str, position: str) -> None:
+    tmp_path: Path, kind: str, position: str
+) -> None:
     async with fast_sim(retry_after=0.05) as sim, daemon_for(tmp_path, sim) as d:
         sim.schedule_faults([f"{kind}@{position}"])
         seen = await stream_chat(sdk(d.socket_path))
@@ -48,23 +49,25 @@ async def test_fault_before_the_response_is_retried_invisibly(tmp_path: Path, ki
     assert seen.error is None and seen.text == EXPECTED.content and seen.roles == 1
 
 
-@pytest.mark.parametrize("spec", [f"{k}@{p}" for k in MID_STREAM for p in POSITIONS]
-                         + BEFORE_RESPONSE)
+@pytest.mark.parametrize(
+    "spec", [f"{k}@{p}" for k in MID_STREAM for p in POSITIONS] + BEFORE_RESPONSE
+)
 async def test_non_stream_request_recovers_from_every_fault(tmp_path: Path, spec: str) -> None:
     async with fast_sim(retry_after=0.05) as sim, daemon_for(tmp_path, sim) as d:
         sim.schedule_faults([spec])
-        resp = await sdk(d.socket_path).chat.completions.create(model="sim-1",
-                                                               messages=MESSAGES)
+        resp = await sdk(d.socket_path).chat.completions.create(model="sim-1", messages=MESSAGES)
     assert resp.choices[0].message.content == EXPECTED.content
     assert resp.choices[0].finish_reason == EXPECTED.finish_reason
 
 
 @pytest.mark.parametrize("mode", ["prefill", "prefix", "instruct"])
-async def test_each_resume_mode_continues_from_the_partial_text(tmp_path: Path,
-                                                                mode: str) -> None:
-    async with fast_sim() as sim, daemon_for(
-            tmp_path, sim, upstreams=[{"name": "s", "base_url": sim.base_url,
-                                       "resume": mode}]) as d:
+async def test_each_resume_mode_continues_from_the_partial_text(tmp_path: Path, mode: str) -> None:
+    async with (
+        fast_sim() as sim,
+        daemon_for(
+            tmp_path, sim, upstreams=[{"name": "s", "base_url": sim.base_url, "resume": mode}]
+        ) as d,
+    ):
         sim.schedule_faults(["reset@20"])
         seen = await stream_chat(sdk(d.socket_path))
         resume_body = sim.stats.recent_requests[-1].body
@@ -85,16 +88,17 @@ async def test_each_resume_mode_continues_from_the_partial_text(tmp_path: Path,
 
 
 async def test_repeated_tail_in_the_continuation_is_spliced_out(tmp_path: Path) -> None:
-    async with fast_sim(repeat_prob=1.0, whitespace_variation_prob=0.5) as sim, \
-            daemon_for(tmp_path, sim) as d:
+    async with (
+        fast_sim(repeat_prob=1.0, whitespace_variation_prob=0.5) as sim,
+        daemon_for(tmp_path, sim) as d,
+    ):
         for cut in (3, 9, 17, 40, "last"):
             sim.schedule_faults([f"reset@{cut}"])
             seen = await stream_chat(sdk(d.socket_path))
             assert seen.error is None and seen.text == EXPECTED.content, f"cut at {cut}"
 
 
-async def test_continuation_that_starts_over_is_spliced_without_duplicates(
-        tmp_path: Path) -> None:
+async def test_continuation_that_starts_over_is_spliced_without_duplicates(tmp_path: Path) -> None:
     async with fast_sim(restart_prob=1.0) as sim, daemon_for(tmp_path, sim) as d:
         for cut in (2, 12, "mid", "last"):
             sim.schedule_faults([f"error_event@{cut}"])
@@ -105,18 +109,22 @@ async def test_continuation_that_starts_over_is_spliced_without_duplicates(
 async def test_continuation_interrupted_again_is_resumed_again(tmp_path: Path) -> None:
     async with fast_sim(repeat_prob=0.5) as sim, daemon_for(tmp_path, sim) as d:
         sim.schedule_faults(["reset@5", "truncate@7", "stall@3", "error_event@1"])
-        lines = await sse_lines(d.socket_path, {"model": "sim-1", "messages": MESSAGES,
-                                                "stream": True})
+        lines = await sse_lines(
+            d.socket_path, {"model": "sim-1", "messages": MESSAGES, "stream": True}
+        )
     text = "".join(
         orjson.loads(line[6:])["choices"][0]["delta"].get("content") or ""
-        for line in lines if line.startswith(b"data: {") and b'"choices":[{' in line)
+        for line in lines
+        if line.startswith(b"data: {") and b'"choices":[{' in line
+    )
     assert text == EXPECTED.content
     assert b": intact attempts=5 resumed=4" in lines
     assert lines[-1] == b"data: [DONE]"
 
 
 async def test_usage_after_recovery_reports_original_prompt_and_received_tokens(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     async with fast_sim() as sim, daemon_for(tmp_path, sim) as d:
         clean = await stream_chat(sdk(d.socket_path), stream_options={"include_usage": True})
         sim.schedule_faults(["reset@30"])
@@ -136,12 +144,22 @@ async def test_max_tokens_shrinks_by_what_was_already_generated(tmp_path: Path) 
     assert resume_body["max_tokens"] == 25 - 10  # ten content chunks were delivered
 
 
-TOOLS = [{"type": "function", "function": {
-    "name": "lookup_order", "parameters": {"type": "object",
-                                           "properties": {"id": {"type": "string"}}}}},
-         {"type": "function", "function": {
-             "name": "refund", "parameters": {"type": "object",
-                                              "properties": {"id": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup_order",
+            "parameters": {"type": "object", "properties": {"id": {"type": "string"}}},
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "refund",
+            "parameters": {"type": "object", "properties": {"id": {"type": "string"}}},
+        },
+    },
+]
 
 
 @pytest.mark.parametrize("cut", [2, 3, 5, 8, "mid", "last"])
@@ -153,8 +171,10 @@ async def test_tool_call_cut_mid_arguments_arrives_whole(tmp_path: Path, cut: ob
         seen = await stream_chat(sdk(d.socket_path), msgs, tools=TOOLS)
     assert seen.error is None and seen.finish_reason == "tool_calls"
     got = [(c["name"], orjson.loads(c["arguments"])) for _, c in sorted(seen.tool_calls.items())]
-    want = [(c["function"]["name"], orjson.loads(c["function"]["arguments"]))
-            for c in expected.tool_calls]
+    want = [
+        (c["function"]["name"], orjson.loads(c["function"]["arguments"]))
+        for c in expected.tool_calls
+    ]
     assert got == want
 
 
@@ -170,8 +190,10 @@ async def test_attempts_exhausted_mid_stream_is_an_explicit_error(tmp_path: Path
 
 
 async def test_spent_retry_budget_mid_stream_is_an_explicit_error(tmp_path: Path) -> None:
-    async with fast_sim() as sim, daemon_for(
-            tmp_path, sim, retry={"budget_ratio": 0.0, "budget_min_per_second": 0.0}) as d:
+    async with (
+        fast_sim() as sim,
+        daemon_for(tmp_path, sim, retry={"budget_ratio": 0.0, "budget_min_per_second": 0.0}) as d,
+    ):
         sim.schedule_faults(["reset@10"])
         seen = await stream_chat(sdk(d.socket_path))
     assert isinstance(seen.error, openai.APIError)
@@ -180,9 +202,14 @@ async def test_spent_retry_budget_mid_stream_is_an_explicit_error(tmp_path: Path
 
 
 async def test_open_breaker_mid_stream_is_an_explicit_error(tmp_path: Path) -> None:
-    async with fast_sim() as sim, daemon_for(
-            tmp_path, sim, breaker={"minimum_calls": 1, "failure_rate_threshold": 0.5,
-                                    "open_duration": 30.0}) as d:
+    async with (
+        fast_sim() as sim,
+        daemon_for(
+            tmp_path,
+            sim,
+            breaker={"minimum_calls": 1, "failure_rate_threshold": 0.5, "open_duration": 30.0},
+        ) as d,
+    ):
         sim.schedule_faults(["reset@10"])
         seen = await stream_chat(sdk(d.socket_path))
     assert isinstance(seen.error, openai.APIError)
@@ -191,9 +218,12 @@ async def test_open_breaker_mid_stream_is_an_explicit_error(tmp_path: Path) -> N
 
 
 async def test_restart_mode_cannot_continue_visible_text(tmp_path: Path) -> None:
-    async with fast_sim() as sim, daemon_for(
-            tmp_path, sim, upstreams=[{"name": "s", "base_url": sim.base_url,
-                                       "resume": "restart"}]) as d:
+    async with (
+        fast_sim() as sim,
+        daemon_for(
+            tmp_path, sim, upstreams=[{"name": "s", "base_url": sim.base_url, "resume": "restart"}]
+        ) as d,
+    ):
         sim.schedule_faults(["reset@1"])  # only the role delta was visible: regenerate
         ok = await stream_chat(sdk(d.socket_path))
         sim.schedule_faults(["reset@10"])
@@ -229,45 +259,65 @@ async def test_continuation_upstream_4xx_after_output_is_explicit(tmp_path: Path
 
 FAULT = st.one_of(
     st.sampled_from(["none", *BEFORE_RESPONSE]),
-    st.tuples(st.sampled_from(MID_STREAM),
-              st.one_of(st.integers(0, 60), st.sampled_from(["mid", "last"]))).map(
-        lambda kp: f"{kp[0]}@{kp[1]}"),
+    st.tuples(
+        st.sampled_from(MID_STREAM), st.one_of(st.integers(0, 60), st.sampled_from(["mid", "last"]))
+    ).map(lambda kp: f"{kp[0]}@{kp[1]}"),
 )
 
 
-async def _scenario(schedule: list[str], repeat: float, restart: float, mode: str,
-                    stream: bool, max_attempts: int) -> tuple[dict[str, Any], int]:
+async def _scenario(
+    schedule: list[str], repeat: float, restart: float, mode: str, stream: bool, max_attempts: int
+) -> tuple[dict[str, Any], int]:
     with tempfile.TemporaryDirectory() as tmp:
-        async with fast_sim(repeat_prob=repeat, restart_prob=restart, retry_after=0.01,
-                            whitespace_variation_prob=0.5) as sim, daemon_for(
-                Path(tmp), sim, retry={"max_attempts": max_attempts},
+        async with (
+            fast_sim(
+                repeat_prob=repeat,
+                restart_prob=restart,
+                retry_after=0.01,
+                whitespace_variation_prob=0.5,
+            ) as sim,
+            daemon_for(
+                Path(tmp),
+                sim,
+                retry={"max_attempts": max_attempts},
                 stream={"stall_timeout": 0.15, "first_token_timeout": 0.3},
-                upstreams=[{"name": "s", "base_url": sim.base_url, "resume": mode}]) as d:
+                upstreams=[{"name": "s", "base_url": sim.base_url, "resume": mode}],
+            ) as d,
+        ):
             sim.schedule_faults(schedule)
             client = sdk(d.socket_path)
             if stream:
                 seen = await stream_chat(client)
-                return {"text": seen.text, "finish": seen.finish_reason,
-                        "error": seen.error}, sim.stats.chat_requests
+                return {
+                    "text": seen.text,
+                    "finish": seen.finish_reason,
+                    "error": seen.error,
+                }, sim.stats.chat_requests
             try:
                 resp = await client.chat.completions.create(model="sim-1", messages=MESSAGES)
             except openai.APIError as exc:
                 return {"text": "", "finish": None, "error": exc}, sim.stats.chat_requests
             choice = resp.choices[0]
-            return {"text": choice.message.content, "finish": choice.finish_reason,
-                    "error": None}, sim.stats.chat_requests
+            return {
+                "text": choice.message.content,
+                "finish": choice.finish_reason,
+                "error": None,
+            }, sim.stats.chat_requests
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(schedule=st.lists(FAULT, min_size=0, max_size=7),
-       repeat=st.sampled_from([0.0, 0.5, 1.0]), restart=st.sampled_from([0.0, 0.3]),
-       mode=st.sampled_from(["prefill", "prefix", "instruct"]), stream=st.booleans(),
-       max_attempts=st.integers(2, 6))
-def test_invariant_holds_for_random_fault_schedules(schedule: list[str], repeat: float,
-                                                    restart: float, mode: str, stream: bool,
-                                                    max_attempts: int) -> None:
-    seen, requests = asyncio.run(_scenario(schedule, repeat, restart, mode, stream,
-                                           max_attempts))
+@given(
+    schedule=st.lists(FAULT, min_size=0, max_size=7),
+    repeat=st.sampled_from([0.0, 0.5, 1.0]),
+    restart=st.sampled_from([0.0, 0.3]),
+    mode=st.sampled_from(["prefill", "prefix", "instruct"]),
+    stream=st.booleans(),
+    max_attempts=st.integers(2, 6),
+)
+def test_invariant_holds_for_random_fault_schedules(
+    schedule: list[str], repeat: float, restart: float, mode: str, stream: bool, max_attempts: int
+) -> None:
+    seen, requests = asyncio.run(_scenario(schedule, repeat, restart, mode, stream, max_attempts))
     assert requests <= max_attempts
     faults = [s for s in schedule if s != "none"]
     if seen["error"] is None:

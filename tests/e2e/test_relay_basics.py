@@ -6,13 +6,20 @@ from pathlib import Path
 
 import orjson
 import pytest
-from support import MESSAGES, daemon_for, fast_sim, sdk, sse_lines, stream_chat
 
 from intact.simulator import expected_answer
+from support import MESSAGES, daemon_for, fast_sim, sdk, sse_lines, stream_chat
 
-TOOLS = [{"type": "function", "function": {
-    "name": "lookup_order", "description": "Find an order",
-    "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup_order",
+            "description": "Find an order",
+            "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}},
+        },
+    }
+]
 
 
 async def test_streamed_text_equals_the_simulated_answer(tmp_path: Path) -> None:
@@ -27,8 +34,7 @@ async def test_streamed_text_equals_the_simulated_answer(tmp_path: Path) -> None
 
 async def test_non_streamed_completion_equals_the_simulated_answer(tmp_path: Path) -> None:
     async with fast_sim() as sim, daemon_for(tmp_path, sim) as d:
-        resp = await sdk(d.socket_path).chat.completions.create(model="sim-1",
-                                                               messages=MESSAGES)
+        resp = await sdk(d.socket_path).chat.completions.create(model="sim-1", messages=MESSAGES)
     expected = expected_answer(MESSAGES)
     assert resp.object == "chat.completion"
     assert resp.choices[0].message.content == expected.content
@@ -60,28 +66,38 @@ async def test_wire_format_is_the_upstreams_event_stream(tmp_path: Path) -> None
 @pytest.mark.parametrize("buffer_tool_calls", [True, False])
 async def test_tool_calls_arrive_whole_and_equal(tmp_path: Path, buffer_tool_calls: bool) -> None:
     msgs = [{"role": "user", "content": "where is order 42?"}]
-    async with fast_sim() as sim, daemon_for(
-            tmp_path, sim, recovery={"buffer_tool_calls": buffer_tool_calls}) as d:
+    async with (
+        fast_sim() as sim,
+        daemon_for(tmp_path, sim, recovery={"buffer_tool_calls": buffer_tool_calls}) as d,
+    ):
         seen = await stream_chat(sdk(d.socket_path), msgs, tools=TOOLS)
     expected = expected_answer(msgs, tools=TOOLS)
     assert seen.error is None and seen.finish_reason == "tool_calls"
-    got = [{"id": c["id"], "name": c["name"], "arguments": c["arguments"]}
-           for _, c in sorted(seen.tool_calls.items())]
-    want = [{"id": c["id"], "name": c["function"]["name"],
-             "arguments": c["function"]["arguments"]} for c in expected.tool_calls]
+    got = [
+        {"id": c["id"], "name": c["name"], "arguments": c["arguments"]}
+        for _, c in sorted(seen.tool_calls.items())
+    ]
+    want = [
+        {"id": c["id"], "name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+        for c in expected.tool_calls
+    ]
     assert got == want
 
 
 async def test_tool_call_deltas_pass_through_unchanged_without_buffering(tmp_path: Path) -> None:
     msgs = [{"role": "user", "content": "where is order 43?"}]
     body = {"model": "sim-1", "messages": msgs, "stream": True, "tools": TOOLS}
-    async with fast_sim() as sim, daemon_for(
-            tmp_path, sim, recovery={"buffer_tool_calls": False}) as d:
+    async with (
+        fast_sim() as sim,
+        daemon_for(tmp_path, sim, recovery={"buffer_tool_calls": False}) as d,
+    ):
         via_intact = await sse_lines(d.socket_path, body)
         import aiohttp
 
-        async with aiohttp.ClientSession() as session, session.post(
-                sim.base_url + "/chat/completions", json=body) as resp:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(sim.base_url + "/chat/completions", json=body) as resp,
+        ):
             direct = [line for line in (await resp.read()).split(b"\n") if line]
 
     def deltas(lines: list[bytes]) -> list[object]:
@@ -97,9 +113,12 @@ async def test_models_come_from_the_upstream(tmp_path: Path) -> None:
 
 
 async def test_models_are_filtered_by_upstream_models_setting(tmp_path: Path) -> None:
-    async with fast_sim() as sim, daemon_for(
-            tmp_path, sim,
-            upstreams=[{"name": "a", "base_url": sim.base_url, "models": ["sim-2"]}]) as d:
+    async with (
+        fast_sim() as sim,
+        daemon_for(
+            tmp_path, sim, upstreams=[{"name": "a", "base_url": sim.base_url, "models": ["sim-2"]}]
+        ) as d,
+    ):
         client = sdk(d.socket_path)
         models = await client.models.list()
         unknown = await stream_chat(client, model="gpt-unknown")
@@ -109,16 +128,22 @@ async def test_models_are_filtered_by_upstream_models_setting(tmp_path: Path) ->
 
 async def test_n_greater_than_one_streams_every_choice(tmp_path: Path) -> None:
     async with fast_sim() as sim, daemon_for(tmp_path, sim) as d:
-        resp = await sdk(d.socket_path).chat.completions.create(model="sim-1",
-                                                               messages=MESSAGES, n=2)
+        resp = await sdk(d.socket_path).chat.completions.create(
+            model="sim-1", messages=MESSAGES, n=2
+        )
     assert [c.index for c in resp.choices] == [0, 1]
     assert resp.choices[0].message.content == expected_answer(MESSAGES).content
     assert resp.choices[1].message.content
 
 
 async def test_unknown_request_fields_reach_the_upstream(tmp_path: Path) -> None:
-    body = {"model": "sim-1", "messages": MESSAGES, "stream": True, "x_custom": {"keep": 1},
-            "temperature": 0.3}
+    body = {
+        "model": "sim-1",
+        "messages": MESSAGES,
+        "stream": True,
+        "x_custom": {"keep": 1},
+        "temperature": 0.3,
+    }
     async with fast_sim() as sim, daemon_for(tmp_path, sim) as d:
         await sse_lines(d.socket_path, body)
         sent = sim.stats.recent_requests[-1].body
@@ -126,18 +151,29 @@ async def test_unknown_request_fields_reach_the_upstream(tmp_path: Path) -> None
     assert sent["stream_options"] == {"include_usage": True}
 
 
-async def test_api_key_is_injected_and_never_echoed(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_api_key_is_injected_and_never_echoed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SIM_KEY", "sk-secret-123")
-    async with fast_sim(api_key="sk-secret-123") as sim, daemon_for(
-            tmp_path, sim,
-            upstreams=[{"name": "a", "base_url": sim.base_url, "api_key_env": "SIM_KEY"}]) as d:
+    async with (
+        fast_sim(api_key="sk-secret-123") as sim,
+        daemon_for(
+            tmp_path,
+            sim,
+            upstreams=[{"name": "a", "base_url": sim.base_url, "api_key_env": "SIM_KEY"}],
+        ) as d,
+    ):
         ok = await stream_chat(sdk(d.socket_path))
     assert ok.error is None
     monkeypatch.setenv("SIM_KEY", "sk-wrong-456")
-    async with fast_sim(api_key="sk-secret-123") as sim, daemon_for(
-            tmp_path, sim,
-            upstreams=[{"name": "a", "base_url": sim.base_url, "api_key_env": "SIM_KEY"}]) as d:
+    async with (
+        fast_sim(api_key="sk-secret-123") as sim,
+        daemon_for(
+            tmp_path,
+            sim,
+            upstreams=[{"name": "a", "base_url": sim.base_url, "api_key_env": "SIM_KEY"}],
+        ) as d,
+    ):
         bad = await stream_chat(sdk(d.socket_path))
         assert sim.stats.chat_requests == 1  # a 401 is final: never retried
     assert isinstance(bad.error, Exception) and getattr(bad.error, "status_code", None) == 401

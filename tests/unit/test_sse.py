@@ -35,7 +35,10 @@ def test_comments_and_keepalives_are_not_events() -> None:
 
 def test_crlf_and_cr_line_endings() -> None:
     assert decode_all([b"data: a\r\n\r\ndata: b\r\rdata: c\n\n"]) == [
-        SSEEvent(b"a"), SSEEvent(b"b"), SSEEvent(b"c")]
+        SSEEvent(b"a"),
+        SSEEvent(b"b"),
+        SSEEvent(b"c"),
+    ]
 
 
 def test_crlf_split_between_reads_is_one_line_end() -> None:
@@ -76,7 +79,8 @@ def test_encode_roundtrip_multiline() -> None:
 
 line_end = st.sampled_from([b"\n", b"\r\n", b"\r"])
 payload = st.binary(min_size=0, max_size=40).map(
-    lambda b: b.replace(b"\n", b"").replace(b"\r", b""))
+    lambda b: b.replace(b"\n", b"").replace(b"\r", b"")
+)
 
 
 @st.composite
@@ -109,4 +113,4 @@ def test_any_split_of_a_stream_yields_the_same_events(stream: bytes, cuts: list[
 @settings(max_examples=100, deadline=None)
 @given(stream=event_streams())
 def test_byte_at_a_time_equals_whole(stream: bytes) -> None:
-    assert decode_all([stream[i:i + 1] for i in range(len(stream))]) == decode_all([stream])
+    assert decode_all([stream[i : i + 1] for i in range(len(stream))]) == decode_all([stream])

@@ -36,6 +36,7 @@ class ContinuationSplicer:
 
     __slots__ = (
         "_alive",
+        "_trailing_ws",
         "_best",
         "_completed",
         "_decided",
@@ -51,6 +52,7 @@ class ContinuationSplicer:
     def __init__(self, sent: str, limits: SpliceLimits = SpliceLimits()) -> None:
         self._limits = limits
         self._norm = _collapse(sent.lstrip())
+        self._trailing_ws = sent[len(sent.rstrip()) :]
         self._held: list[str] = []
         self._matched = 0  # collapsed continuation chars compared so far
         self._prev_space = True  # so leading whitespace of the continuation is skipped
@@ -128,8 +130,9 @@ class ContinuationSplicer:
         # A tail repeat must be long enough not to be natural text; a restart from the very
         # beginning that re-emits all of a short partial answer counts at any length.
         whole = len(self._norm)
-        best = max((n for n in self._completed if n >= limits.min_overlap_chars or n == whole),
-                   default=0)
+        best = max(
+            (n for n in self._completed if n >= limits.min_overlap_chars or n == whole), default=0
+        )
         if best == 0 and final and self._alive and self._matched >= limits.min_overlap_chars:
             # The continuation re-emitted earlier text and stopped there: nothing new.
             self.dropped_chars = len(held)
@@ -157,8 +160,17 @@ class ContinuationSplicer:
                 cut = idx + 1
                 break
         if prev_space:
-            # The overlap ended on a (collapsed) whitespace run: it owns the whole run.
-            while cut < len(held) and held[cut].isspace():
-                cut += 1
+            # The overlap ended inside a whitespace run. If the run starts with the partial
+            # text's own trailing whitespace, only that much is repeated ("echo?\n" +
+            # "\nNext"); otherwise the repeat re-flowed it and owns the whole run.
+            run_end = cut
+            while run_end < len(held) and held[run_end].isspace():
+                run_end += 1
+            start = cut - 1
+            run = held[start:run_end]
+            if run.startswith(self._trailing_ws):
+                cut = start + len(self._trailing_ws)
+            else:
+                cut = run_end
         self.dropped_chars = cut
         return held[cut:]

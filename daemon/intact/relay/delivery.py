@@ -53,8 +53,12 @@ class ToolCall:
             return False
 
     def as_delta(self) -> dict[str, Any]:
-        return {"index": self.index, "id": self.id, "type": self.type,
-                "function": {"name": self.name, "arguments": self.arguments}}
+        return {
+            "index": self.index,
+            "id": self.id,
+            "type": self.type,
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
 
 
 class _PendingCall:
@@ -90,8 +94,9 @@ class _PendingCall:
 class Delivery:
     """The app-visible state of one request; single-choice requests are resumable."""
 
-    def __init__(self, sink: AppSink, recovery: RecoveryConfig, *, app_wants_usage: bool,
-                 n: int = 1) -> None:
+    def __init__(
+        self, sink: AppSink, recovery: RecoveryConfig, *, app_wants_usage: bool, n: int = 1
+    ) -> None:
         self.sink = sink
         self.recovery = recovery
         self.app_wants_usage = app_wants_usage
@@ -205,8 +210,12 @@ class AttemptFilter:
         delta = choice.get("delta") or {}
         finish = choice.get("finish_reason")
         d = self.d
-        if (not self.continuation and finish is None and not self._pending
-                and "tool_calls" not in delta):
+        if (
+            not self.continuation
+            and finish is None
+            and not self._pending
+            and "tool_calls" not in delta
+        ):
             # Hot path: the first attempt's text chunks go out byte-for-byte.
             if d.meta is None:
                 d.meta = _meta(obj)
@@ -235,8 +244,14 @@ class AttemptFilter:
         self.d.tokens_delivered += n
         self.tokens_delivered += n
 
-    async def _slow_chunk(self, obj: dict[str, Any], raw: bytes, choice: dict[str, Any],
-                          delta: dict[str, Any], finish: str | None) -> None:
+    async def _slow_chunk(
+        self,
+        obj: dict[str, Any],
+        raw: bytes,
+        choice: dict[str, Any],
+        delta: dict[str, Any],
+        finish: str | None,
+    ) -> None:
         d = self.d
         out: dict[str, Any] = {}
         tokens = 0
@@ -307,8 +322,15 @@ class AttemptFilter:
         except ContinuationDiverged as exc:
             raise classify.diverged(str(exc)) from None
 
-    async def _emit(self, obj: dict[str, Any], choice: dict[str, Any], delta: dict[str, Any],
-                    finish: str | None, *, raw: bytes | None) -> None:
+    async def _emit(
+        self,
+        obj: dict[str, Any],
+        choice: dict[str, Any],
+        delta: dict[str, Any],
+        finish: str | None,
+        *,
+        raw: bytes | None,
+    ) -> None:
         d = self.d
         if d.meta is None:
             d.meta = _meta(obj)
@@ -366,8 +388,9 @@ class AttemptFilter:
             d.tool_calls.append(call)
             await self._emit_tools(obj, [call.as_delta()])
 
-    async def _passthrough(self, obj: dict[str, Any], choices: list[dict[str, Any]],
-                           raw: bytes) -> None:
+    async def _passthrough(
+        self, obj: dict[str, Any], choices: list[dict[str, Any]], raw: bytes
+    ) -> None:
         """n > 1: forward as-is; only a first attempt ever reaches the app."""
         d = self.d
         if d.meta is None:
@@ -395,8 +418,11 @@ class AttemptFilter:
             # The continuation's prompt contained the partial answer; report the original.
             prompt = max(0, prompt - (d.tokens_delivered - self.tokens_delivered))
             usage.pop("completion_tokens_details", None)
-        usage.update(prompt_tokens=prompt, completion_tokens=d.tokens_delivered,
-                     total_tokens=prompt + d.tokens_delivered)
+        usage.update(
+            prompt_tokens=prompt,
+            completion_tokens=d.tokens_delivered,
+            total_tokens=prompt + d.tokens_delivered,
+        )
         chunk = d.chunk_envelope({"choices": [], "usage": usage})
         return chunk, None
 

@@ -52,8 +52,9 @@ from intact.upstream.client import UpstreamClient
 log = structlog.get_logger("intact.relay")
 
 # Failure kinds that mean "too slow" rather than "broken" when every attempt is spent.
-_TIMEOUT_KINDS = frozenset({FailureKind.FIRST_TOKEN_TIMEOUT, FailureKind.STALL,
-                            FailureKind.DEADLINE, FailureKind.HTTP_408})
+_TIMEOUT_KINDS = frozenset(
+    {FailureKind.FIRST_TOKEN_TIMEOUT, FailureKind.STALL, FailureKind.DEADLINE, FailureKind.HTTP_408}
+)
 
 
 @dataclass(eq=False)
@@ -75,14 +76,20 @@ class UpstreamRuntime:
         return not self.config.models or model in self.config.models
 
     @classmethod
-    def build(cls, config: UpstreamConfig, telemetry: Telemetry, *,
-              clock: Clock = SYSTEM_CLOCK, environ: dict[str, str] | None = None
-              ) -> UpstreamRuntime:
+    def build(
+        cls,
+        config: UpstreamConfig,
+        telemetry: Telemetry,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        environ: dict[str, str] | None = None,
+    ) -> UpstreamRuntime:
         return cls(
             config=config,
             client=UpstreamClient(config, environ=environ),
-            breaker=CircuitBreaker(config.name, config.breaker, clock=clock,
-                                   on_transition=telemetry.breaker_transition),
+            breaker=CircuitBreaker(
+                config.name, config.breaker, clock=clock, on_transition=telemetry.breaker_transition
+            ),
             budget=RetryBudget.from_config(config.retry, clock=clock),
             bulkhead=Bulkhead.from_config(config),
             backoff=BackoffPolicy.from_config(config.retry),
@@ -92,9 +99,15 @@ class UpstreamRuntime:
 class Relay:
     """Serves app requests over a fixed, ordered set of upstreams."""
 
-    def __init__(self, config: Config, upstreams: Sequence[UpstreamRuntime],
-                 telemetry: Telemetry, *, clock: Clock = SYSTEM_CLOCK,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        upstreams: Sequence[UpstreamRuntime],
+        telemetry: Telemetry,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
+    ) -> None:
         self.config = config
         self.upstreams = list(upstreams)
         self.telemetry = telemetry
@@ -109,8 +122,12 @@ class Relay:
         """Relay one app request to completion, recovery or an explicit error."""
         ups = self.candidates(req.model)
         if not ups:
-            await sink.fail(not_found(f"The model `{req.model}` is not served by any configured "
-                                      "upstream.", code="model_not_found"))
+            await sink.fail(
+                not_found(
+                    f"The model `{req.model}` is not served by any configured upstream.",
+                    code="model_not_found",
+                )
+            )
             return
         trace = self.telemetry.request(headers=headers, model=req.model, stream=req.stream)
         with trace:
@@ -141,8 +158,14 @@ class _Stats:
 class _Run:
     """The state of one app request while it is being served."""
 
-    def __init__(self, relay: Relay, req: ChatRequest, sink: AppSink, trace: RequestTrace,
-                 ups: list[UpstreamRuntime]) -> None:
+    def __init__(
+        self,
+        relay: Relay,
+        req: ChatRequest,
+        sink: AppSink,
+        trace: RequestTrace,
+        ups: list[UpstreamRuntime],
+    ) -> None:
         self.relay = relay
         self.req = req
         self.sink = sink
@@ -159,17 +182,23 @@ class _Run:
         self.max_attempts = self.primary.config.retry.max_attempts
         # Stick to an upstream for its share of attempts before failing over.
         self.share = max(1, self.max_attempts // len(ups))
-        self.delivery = Delivery(sink, relay.config.recovery,
-                                 app_wants_usage=req.app_wants_usage, n=req.n)
+        self.delivery = Delivery(
+            sink, relay.config.recovery, app_wants_usage=req.app_wants_usage, n=req.n
+        )
         self.base_body = req.upstream_body()
         self.stats = _Stats()
         self.last: _Failure | None = None
         self.content_upstream: UpstreamRuntime | None = None
         self.interrupted_at: float | None = None
         self.final_filter: AttemptFilter | None = None
-        self.summary = RequestSummary(outcome=Outcome.FAILED, model=req.model,
-                                      stream=req.stream, upstream=self.primary.name,
-                                      attempts=0, resumes=0)
+        self.summary = RequestSummary(
+            outcome=Outcome.FAILED,
+            model=req.model,
+            stream=req.stream,
+            upstream=self.primary.name,
+            attempts=0,
+            resumes=0,
+        )
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -177,15 +206,22 @@ class _Run:
         s = self.summary
         while True:
             if s.attempts >= self.max_attempts:
-                await self.give_up("attempts_exhausted",
-                                   f"all {s.attempts} upstream attempts failed")
+                await self.give_up(
+                    "attempts_exhausted", f"all {s.attempts} upstream attempts failed"
+                )
                 return
             if self.loop.time() >= self.deadline:
-                await self.give_up("deadline_exceeded",
-                                   f"request deadline of {self.total_timeout:g}s reached")
+                await self.give_up(
+                    "deadline_exceeded", f"request deadline of {self.total_timeout:g}s reached"
+                )
                 return
-            reason = (AttemptReason.INITIAL if s.attempts == 0 else
-                      AttemptReason.RESUME if self.delivery.started else AttemptReason.RETRY)
+            reason = (
+                AttemptReason.INITIAL
+                if s.attempts == 0
+                else AttemptReason.RESUME
+                if self.delivery.started
+                else AttemptReason.RETRY
+            )
             chosen = self.choose(reason)
             if chosen is None:
                 await self.give_up_unavailable()
@@ -227,14 +263,16 @@ class _Run:
             if not up.budget.try_withdraw():
                 self.trace.budget_exhausted(up.name)
                 log.warning("retry_budget_exhausted", upstream=up.name)
-                await self.give_up("retry_budget_exhausted",
-                                   f"retry budget of upstream {up.name} is spent")
+                await self.give_up(
+                    "retry_budget_exhausted", f"retry budget of upstream {up.name} is spent"
+                )
                 return None
             delay = self.delay_before(up)
             if delay is None or self.loop.time() + delay >= self.deadline:
                 await self.give_up(
                     "retry_after_too_long" if delay is None else "deadline_exceeded",
-                    "upstream asked to wait longer than allowed" if delay is None
+                    "upstream asked to wait longer than allowed"
+                    if delay is None
                     else "the next retry would pass the request deadline",
                 )
                 return None
@@ -242,14 +280,21 @@ class _Run:
                 await self.relay.clock.sleep(delay)
         slot = await up.bulkhead.acquire()
         if slot is None:
-            await self.give_up("overloaded", f"upstream {up.name} has no free stream slot",
-                               status=503, retry_after=1.0)
+            await self.give_up(
+                "overloaded",
+                f"upstream {up.name} has no free stream slot",
+                status=503,
+                retry_after=1.0,
+            )
         return slot
 
     def choose(self, reason: AttemptReason) -> tuple[UpstreamRuntime, BreakerPermit] | None:
         """Pick the upstream for the next attempt and take its breaker permit."""
-        if (reason is AttemptReason.RESUME and self.content_upstream is not None
-                and not self.relay.config.recovery.resume_across_upstreams):
+        if (
+            reason is AttemptReason.RESUME
+            and self.content_upstream is not None
+            and not self.relay.config.recovery.resume_across_upstreams
+        ):
             order = [self.content_upstream]
         elif self.last is not None:
             # Stay on the upstream that just failed for its share of attempts, then move on.
@@ -284,8 +329,9 @@ class _Run:
 
     # -- one attempt ------------------------------------------------------------------
 
-    async def attempt(self, up: UpstreamRuntime, reason: AttemptReason,
-                      permit: BreakerPermit) -> UpstreamFailure | None:
+    async def attempt(
+        self, up: UpstreamRuntime, reason: AttemptReason, permit: BreakerPermit
+    ) -> UpstreamFailure | None:
         """Run one upstream attempt; None on success, else the classified failure."""
         d = self.delivery
         resuming = reason is AttemptReason.RESUME and d.content_chars > 0
@@ -294,11 +340,17 @@ class _Run:
         filt = d.attempt()
         body = self.base_body
         if d.started:
-            body = resume_request(self.base_body, d.content(), mode=up.config.resume,
-                                  generated_tokens=d.tokens_delivered,
-                                  instruct_prompt=self.relay.config.recovery.instruct_prompt)
+            body = resume_request(
+                self.base_body,
+                d.content(),
+                mode=up.config.resume,
+                generated_tokens=d.tokens_delivered,
+                instruct_prompt=self.relay.config.recovery.instruct_prompt,
+            )
         span = self.trace.attempt(
-            number=self.summary.attempts, reason=reason, upstream=up.client.info,
+            number=self.summary.attempts,
+            reason=reason,
+            upstream=up.client.info,
             request_model=self.req.model,
             resume_mode=up.config.resume if resuming else None,
             prefix_chars=d.content_chars if resuming else 0,
@@ -307,11 +359,15 @@ class _Run:
             try:
                 await self.stream(up, orjson.dumps(body), filt, span)
             except UpstreamFailure as failure:
-                permit.record(CallOutcome.FAILURE if failure.breaker_failure
-                              else CallOutcome.IGNORED)
-                span.failed(failure, response_id=filt.response_id,
-                            response_model=filt.response_model,
-                            delivered_tokens=filt.tokens_delivered)
+                permit.record(
+                    CallOutcome.FAILURE if failure.breaker_failure else CallOutcome.IGNORED
+                )
+                span.failed(
+                    failure,
+                    response_id=filt.response_id,
+                    response_model=filt.response_model,
+                    delivered_tokens=filt.tokens_delivered,
+                )
                 self.note_failure(up, failure, filt, reason)
                 return failure
             except asyncio.CancelledError:
@@ -323,23 +379,30 @@ class _Run:
                 raise
             permit.record(CallOutcome.SUCCESS)
             usage = filt.usage or {}
-            span.succeeded(response_id=filt.response_id, response_model=filt.response_model,
-                           finish_reasons=[filt.finish_reason] if filt.finish_reason else [],
-                           input_tokens=usage.get("prompt_tokens"),
-                           output_tokens=usage.get("completion_tokens"),
-                           delivered_tokens=filt.tokens_delivered)
+            span.succeeded(
+                response_id=filt.response_id,
+                response_model=filt.response_model,
+                finish_reasons=[filt.finish_reason] if filt.finish_reason else [],
+                input_tokens=usage.get("prompt_tokens"),
+                output_tokens=usage.get("completion_tokens"),
+                delivered_tokens=filt.tokens_delivered,
+            )
         self.account(up, filt, reason)
         self.final_filter = filt
         return None
 
-    async def stream(self, up: UpstreamRuntime, body: bytes, filt: AttemptFilter,
-                     span: AttemptTrace) -> None:
+    async def stream(
+        self, up: UpstreamRuntime, body: bytes, filt: AttemptFilter, span: AttemptTrace
+    ) -> None:
         """Read one attempt's SSE stream into the filter; raise UpstreamFailure if it breaks."""
         timeouts = up.config.stream
         headers: dict[str, str] = {}
         span.inject(headers)
-        with Watchdog(first_token=timeouts.first_token_timeout, stall=timeouts.stall_timeout,
-                      deadline=self.deadline) as watchdog:
+        with Watchdog(
+            first_token=timeouts.first_token_timeout,
+            stall=timeouts.stall_timeout,
+            deadline=self.deadline,
+        ) as watchdog:
             resp = await up.client.open_stream(body, headers=headers)
             clean = False
             try:
@@ -363,16 +426,20 @@ class _Run:
                             raise classify.protocol_error("event data is not a JSON object")
                         await filt.on_chunk(obj, event.data)
                         if self.interrupted_at is not None and filt.tokens_delivered:
-                            self.trace.recovered(upstream=up.name,
-                                                 seconds=self.loop.time() - self.interrupted_at)
+                            self.trace.recovered(
+                                upstream=up.name, seconds=self.loop.time() - self.interrupted_at
+                            )
                             self.interrupted_at = None
                     # Time spent writing to a slow app is not upstream silence.
                     watchdog.progress()
                     if done:
                         break
                 clean = True
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
-                    ConnectionError) as exc:
+            except (
+                aiohttp.ClientPayloadError,
+                aiohttp.ClientConnectionError,
+                ConnectionError,
+            ) as exc:
                 raise classify.from_exception(exc, before_response=False) from None
             except SSEProtocolError as exc:
                 raise classify.protocol_error(str(exc)) from None
@@ -387,8 +454,13 @@ class _Run:
 
     # -- bookkeeping ------------------------------------------------------------------
 
-    def note_failure(self, up: UpstreamRuntime, failure: UpstreamFailure, filt: AttemptFilter,
-                     reason: AttemptReason) -> None:
+    def note_failure(
+        self,
+        up: UpstreamRuntime,
+        failure: UpstreamFailure,
+        filt: AttemptFilter,
+        reason: AttemptReason,
+    ) -> None:
         self.last = _Failure(failure, up)
         if failure.kind is not FailureKind.HTTP_4XX:
             self.summary.interruptions.append(failure.kind)
@@ -396,10 +468,16 @@ class _Run:
                 self.interrupted_at = self.loop.time()
         self.account(up, filt, reason)
         if failure.retryable:
-            log.warning("upstream_interrupted", upstream=up.name, kind=failure.kind.value,
-                        status=failure.status, attempt=self.summary.attempts,
-                        reason=reason.value, delivered_chars=self.delivery.content_chars,
-                        detail=failure.message)
+            log.warning(
+                "upstream_interrupted",
+                upstream=up.name,
+                kind=failure.kind.value,
+                status=failure.status,
+                attempt=self.summary.attempts,
+                reason=reason.value,
+                delivered_chars=self.delivery.content_chars,
+                detail=failure.message,
+            )
 
     def account(self, up: UpstreamRuntime, filt: AttemptFilter, reason: AttemptReason) -> None:
         if filt.tokens_delivered and self.content_upstream is None:
@@ -422,8 +500,9 @@ class _Run:
             await self.sink.send_chunk(usage[0], usage[1])
         if s.attempts > 1:
             await self.sink.send_comment(self._counts_comment())
-        await self.sink.finish({"intact-attempts": str(s.attempts),
-                                "intact-resumed": str(s.resumes)})
+        await self.sink.finish(
+            {"intact-attempts": str(s.attempts), "intact-resumed": str(s.resumes)}
+        )
         s.outcome = Outcome.RECOVERED if s.interruptions else Outcome.COMPLETED
         s.completion_tokens = self.delivery.tokens_delivered
 
@@ -438,22 +517,39 @@ class _Run:
         s.outcome = Outcome.FAILED
         if self.sink.committed:
             # The stream broke and the upstream refused to continue it (e.g. no prefill).
-            await self._fail(AppError(status=502, message=failure.message,
-                                      type=STREAM_INTERRUPTED, code="resume_rejected"))
+            await self._fail(
+                AppError(
+                    status=502,
+                    message=failure.message,
+                    type=STREAM_INTERRUPTED,
+                    code="resume_rejected",
+                )
+            )
             return
-        await self._fail(AppError(status=502, message=failure.message,
-                                  type="upstream_error", code=failure.kind.value))
+        await self._fail(
+            AppError(
+                status=502, message=failure.message, type="upstream_error", code=failure.kind.value
+            )
+        )
 
     async def give_up_unavailable(self) -> None:
-        waits = [u.breaker.retry_after() for u in self.ups
-                 if u.breaker.state is BreakerState.OPEN]
+        waits = [u.breaker.retry_after() for u in self.ups if u.breaker.state is BreakerState.OPEN]
         retry_after = min(waits) if waits else 1.0
-        await self.give_up("upstream_unavailable",
-                           "every upstream for this model has an open circuit breaker",
-                           status=503, retry_after=retry_after)
+        await self.give_up(
+            "upstream_unavailable",
+            "every upstream for this model has an open circuit breaker",
+            status=503,
+            retry_after=retry_after,
+        )
 
-    async def give_up(self, code: str, message: str, *, status: int | None = None,
-                      retry_after: float | None = None) -> None:
+    async def give_up(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         """Out of attempts, budget, time or upstreams: end with an explicit error."""
         s = self.summary
         s.outcome = Outcome.FAILED
@@ -468,25 +564,42 @@ class _Run:
                 await self.sink.pass_through(_passable(last))
                 return
             if status is None:
-                status = 504 if last is not None and last.kind in _TIMEOUT_KINDS or \
-                    code == "deadline_exceeded" else 502
+                status = (
+                    504
+                    if (last is not None and last.kind in _TIMEOUT_KINDS)
+                    or code == "deadline_exceeded"
+                    else 502
+                )
             s.status = status
-            headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} \
-                if retry_after is not None else {}
-            await self.sink.fail(AppError(status=status, message=message,
-                                          type="upstream_unavailable" if status == 503
-                                          else "upstream_error", code=code, headers=headers))
+            headers = (
+                {"Retry-After": str(max(1, math.ceil(retry_after)))}
+                if retry_after is not None
+                else {}
+            )
+            await self.sink.fail(
+                AppError(
+                    status=status,
+                    message=message,
+                    type="upstream_unavailable" if status == 503 else "upstream_error",
+                    code=code,
+                    headers=headers,
+                )
+            )
             return
-        await self._fail(AppError(status=502, message=message, type=STREAM_INTERRUPTED,
-                                  code=code))
+        await self._fail(AppError(status=502, message=message, type=STREAM_INTERRUPTED, code=code))
 
     async def _fail(self, error: AppError) -> None:
         self.summary.status = error.status
         self.summary.error_code = error.code
         if self.sink.committed:
             await self.sink.send_comment(self._counts_comment())
-            log.error("stream_lost", code=error.code, attempts=self.summary.attempts,
-                      delivered_chars=self.delivery.content_chars, detail=error.message)
+            log.error(
+                "stream_lost",
+                code=error.code,
+                attempts=self.summary.attempts,
+                delivered_chars=self.delivery.content_chars,
+                detail=error.message,
+            )
         await self.sink.fail(error)
 
     def finish(self) -> None:
@@ -506,9 +619,16 @@ def _passable(failure: UpstreamFailure) -> UpstreamResponseError:
         payload = None
     if not (isinstance(payload, dict) and "error" in payload):
         text = body.decode("utf-8", "replace")[:500] if body else failure.message
-        body = AppError(status=failure.status or 502, message=text, type="upstream_error",
-                        code=failure.kind.value).body()
-    keep = {k: v for k, v in failure.headers.items()
-            if k.lower() in ("retry-after", "retry-after-ms", "x-request-id")
-            or k.lower().startswith("x-ratelimit-")}
+        body = AppError(
+            status=failure.status or 502,
+            message=text,
+            type="upstream_error",
+            code=failure.kind.value,
+        ).body()
+    keep = {
+        k: v
+        for k, v in failure.headers.items()
+        if k.lower() in ("retry-after", "retry-after-ms", "x-request-id")
+        or k.lower().startswith("x-ratelimit-")
+    }
     return UpstreamResponseError(status=failure.status or 502, body=body, headers=keep)

@@ -50,8 +50,9 @@ def parse_chat_request(raw: bytes, headers: dict[str, str] | Any) -> ChatRequest
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return invalid_request(f"We could not parse the JSON body of your request: {exc}",
-                               code="invalid_json")
+        return invalid_request(
+            f"We could not parse the JSON body of your request: {exc}", code="invalid_json"
+        )
     if not isinstance(body, dict):
         return invalid_request("The request body must be a JSON object.", code="invalid_json")
     messages = body.get("messages")
@@ -63,16 +64,21 @@ def parse_chat_request(raw: bytes, headers: dict[str, str] | Any) -> ChatRequest
         )
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
-            return invalid_request(f"messages[{i}] must be an object with a string 'role'.",
-                                   code="invalid_messages", param=f"messages[{i}]")
+            return invalid_request(
+                f"messages[{i}] must be an object with a string 'role'.",
+                code="invalid_messages",
+                param=f"messages[{i}]",
+            )
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        return invalid_request("'model' is required and must be a non-empty string.",
-                               code="missing_model", param="model")
+        return invalid_request(
+            "'model' is required and must be a non-empty string.",
+            code="missing_model",
+            param="model",
+        )
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
-        return invalid_request("'stream' must be a boolean.", code="invalid_type",
-                               param="stream")
+        return invalid_request("'stream' must be a boolean.", code="invalid_type", param="stream")
     n = body.get("n", 1)
     if n is None:
         n = 1
@@ -89,8 +95,10 @@ def parse_chat_request(raw: bytes, headers: dict[str, str] | Any) -> ChatRequest
         except ValueError:
             timeout = -1.0
         if not timeout > 0:
-            return invalid_request(f"Header {TIMEOUT_HEADER} must be a positive number of "
-                                   f"seconds, got {header!r}.", code="invalid_timeout")
-    return ChatRequest(body=body, model=model, stream=stream, n=n, app_wants_usage=wants_usage,
-                       timeout=timeout)
-
+            return invalid_request(
+                f"Header {TIMEOUT_HEADER} must be a positive number of seconds, got {header!r}.",
+                code="invalid_timeout",
+            )
+    return ChatRequest(
+        body=body, model=model, stream=stream, n=n, app_wants_usage=wants_usage, timeout=timeout
+    )

@@ -114,8 +114,13 @@ class CompletionSink:
             index = choice.get("index", 0)
             state = self._choices.get(index)
             if state is None:
-                state = {"content": [], "tool_calls": {}, "refusal": [], "finish_reason": None,
-                         "extra": {}}
+                state = {
+                    "content": [],
+                    "tool_calls": {},
+                    "refusal": [],
+                    "finish_reason": None,
+                    "extra": {},
+                }
                 self._choices[index] = state
             delta = choice.get("delta") or {}
             for key, value in delta.items():
@@ -130,8 +135,11 @@ class CompletionSink:
                         _merge_tool_call(state["tool_calls"], call)
                 elif key != "role" and value is not None:
                     prior = state["extra"].get(key)
-                    state["extra"][key] = prior + value if isinstance(prior, str) and \
-                        isinstance(value, str) else value
+                    state["extra"][key] = (
+                        prior + value
+                        if isinstance(prior, str) and isinstance(value, str)
+                        else value
+                    )
             if choice.get("finish_reason"):
                 state["finish_reason"] = choice["finish_reason"]
 
@@ -145,19 +153,29 @@ class CompletionSink:
             has_tools = bool(state["tool_calls"])
             message: dict[str, Any] = {
                 "role": "assistant",
-                "content": "".join(state["content"]) if state["content"] or not has_tools
-                else None,
+                "content": "".join(state["content"]) if state["content"] or not has_tools else None,
                 "refusal": "".join(state["refusal"]) if state["refusal"] else None,
             }
             message.update(state["extra"])
             if has_tools:
-                message["tool_calls"] = [state["tool_calls"][i]
-                                         for i in sorted(state["tool_calls"])]
-            choices.append({"index": index, "message": message, "logprobs": None,
-                            "finish_reason": state["finish_reason"]})
-        body: dict[str, Any] = {"id": self._meta.get("id"), "object": "chat.completion",
-                                "created": self._meta.get("created"),
-                                "model": self._meta.get("model"), "choices": choices}
+                message["tool_calls"] = [
+                    state["tool_calls"][i] for i in sorted(state["tool_calls"])
+                ]
+            choices.append(
+                {
+                    "index": index,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": state["finish_reason"],
+                }
+            )
+        body: dict[str, Any] = {
+            "id": self._meta.get("id"),
+            "object": "chat.completion",
+            "created": self._meta.get("created"),
+            "model": self._meta.get("model"),
+            "choices": choices,
+        }
         for key in ("system_fingerprint", "service_tier"):
             if key in self._meta:
                 body[key] = self._meta[key]
@@ -177,8 +195,9 @@ class CompletionSink:
 
 def _merge_tool_call(calls: dict[int, dict[str, Any]], delta: Mapping[str, Any]) -> None:
     index = delta.get("index", 0)
-    call = calls.setdefault(index, {"id": None, "type": "function",
-                                    "function": {"name": "", "arguments": ""}})
+    call = calls.setdefault(
+        index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+    )
     if delta.get("id"):
         call["id"] = delta["id"]
     if delta.get("type"):

@@ -21,8 +21,19 @@ from intact.resilience.classify import FailureKind
 class Watchdog:
     """Cancels the current task when its stream is silent for too long."""
 
-    __slots__ = ("_cancelling", "_deadline", "_first", "_got_first", "_handle", "_last",
-                 "_loop", "_stall", "_start", "_task", "expired")
+    __slots__ = (
+        "_cancelling",
+        "_deadline",
+        "_first",
+        "_got_first",
+        "_handle",
+        "_last",
+        "_loop",
+        "_stall",
+        "_start",
+        "_task",
+        "expired",
+    )
 
     def __init__(self, *, first_token: float, stall: float, deadline: float) -> None:
         """``deadline`` is absolute, on the event loop's clock."""

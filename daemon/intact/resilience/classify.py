@@ -42,8 +42,15 @@ class FailureKind(enum.StrEnum):
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})
 
 # SSE error-event types/codes that mean "the provider is overloaded or broke": retry.
-_SERVER_ERROR_WORDS = ("server_error", "overloaded", "internal", "unavailable", "timeout",
-                       "api_error", "bad_gateway")
+_SERVER_ERROR_WORDS = (
+    "server_error",
+    "overloaded",
+    "internal",
+    "unavailable",
+    "timeout",
+    "api_error",
+    "bad_gateway",
+)
 _RATE_LIMIT_WORDS = ("rate_limit", "insufficient_quota_retry", "too_many_requests")
 
 
@@ -91,22 +98,48 @@ def from_status(status: int, headers: Mapping[str, str], body: bytes) -> Upstrea
     """Classify a non-200 HTTP response received before any stream byte."""
     pushback = pushback_seconds(headers)
     if status == 429:
-        return UpstreamFailure(FailureKind.HTTP_429, f"upstream rate limited (HTTP {status})",
-                               retryable=True, breaker_failure=False, status=status, body=body,
-                               headers=headers, pushback=pushback)
+        return UpstreamFailure(
+            FailureKind.HTTP_429,
+            f"upstream rate limited (HTTP {status})",
+            retryable=True,
+            breaker_failure=False,
+            status=status,
+            body=body,
+            headers=headers,
+            pushback=pushback,
+        )
     if status == 408:
-        return UpstreamFailure(FailureKind.HTTP_408, "upstream request timeout (HTTP 408)",
-                               retryable=True, breaker_failure=True, status=status, body=body,
-                               headers=headers, pushback=pushback)
+        return UpstreamFailure(
+            FailureKind.HTTP_408,
+            "upstream request timeout (HTTP 408)",
+            retryable=True,
+            breaker_failure=True,
+            status=status,
+            body=body,
+            headers=headers,
+            pushback=pushback,
+        )
     if status >= 500:
         retryable = status in RETRYABLE_STATUSES or status >= 500
-        return UpstreamFailure(FailureKind.HTTP_5XX, f"upstream server error (HTTP {status})",
-                               retryable=retryable, breaker_failure=True, status=status,
-                               body=body, headers=headers, pushback=pushback)
-    return UpstreamFailure(FailureKind.HTTP_4XX,
-                           f"upstream rejected the request (HTTP {status}){_error_detail(body)}",
-                           retryable=False, breaker_failure=False, status=status, body=body,
-                           headers=headers)
+        return UpstreamFailure(
+            FailureKind.HTTP_5XX,
+            f"upstream server error (HTTP {status})",
+            retryable=retryable,
+            breaker_failure=True,
+            status=status,
+            body=body,
+            headers=headers,
+            pushback=pushback,
+        )
+    return UpstreamFailure(
+        FailureKind.HTTP_4XX,
+        f"upstream rejected the request (HTTP {status}){_error_detail(body)}",
+        retryable=False,
+        breaker_failure=False,
+        status=status,
+        body=body,
+        headers=headers,
+    )
 
 
 def from_error_event(payload: Mapping[str, Any]) -> UpstreamFailure:
@@ -116,32 +149,58 @@ def from_error_event(payload: Mapping[str, Any]) -> UpstreamFailure:
     words = " ".join(str(fields.get(k) or "") for k in ("type", "code", "status")).lower()
     message = str(fields.get("message") or "upstream sent an error event")[:300]
     if any(w in words for w in _RATE_LIMIT_WORDS):
-        return UpstreamFailure(FailureKind.ERROR_EVENT, f"upstream error event: {message}",
-                               retryable=True, breaker_failure=False)
-    final_words = ("invalid_request", "context_length", "content_filter", "authentication",
-                   "permission", "not_found")
+        return UpstreamFailure(
+            FailureKind.ERROR_EVENT,
+            f"upstream error event: {message}",
+            retryable=True,
+            breaker_failure=False,
+        )
+    final_words = (
+        "invalid_request",
+        "context_length",
+        "content_filter",
+        "authentication",
+        "permission",
+        "not_found",
+    )
     if any(w in words for w in final_words):
-        return UpstreamFailure(FailureKind.ERROR_EVENT, f"upstream error event: {message}",
-                               retryable=False, breaker_failure=False)
+        return UpstreamFailure(
+            FailureKind.ERROR_EVENT,
+            f"upstream error event: {message}",
+            retryable=False,
+            breaker_failure=False,
+        )
     # Server errors, overloads and anything unrecognised: the stream broke on their side.
-    return UpstreamFailure(FailureKind.ERROR_EVENT, f"upstream error event: {message}",
-                           retryable=True, breaker_failure=True)
+    return UpstreamFailure(
+        FailureKind.ERROR_EVENT,
+        f"upstream error event: {message}",
+        retryable=True,
+        breaker_failure=True,
+    )
 
 
 def from_exception(exc: BaseException, *, before_response: bool) -> UpstreamFailure:
     """Classify a transport exception from aiohttp while connecting or reading."""
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-        return UpstreamFailure(FailureKind.CONNECT_ERROR,
-                               f"cannot connect to upstream: {type(exc).__name__}",
-                               retryable=True, breaker_failure=True)
+        return UpstreamFailure(
+            FailureKind.CONNECT_ERROR,
+            f"cannot connect to upstream: {type(exc).__name__}",
+            retryable=True,
+            breaker_failure=True,
+        )
     if before_response:
-        return UpstreamFailure(FailureKind.RESET,
-                               f"upstream closed the connection before responding "
-                               f"({type(exc).__name__})",
-                               retryable=True, breaker_failure=True)
-    return UpstreamFailure(FailureKind.RESET,
-                           f"upstream connection broke mid-stream ({type(exc).__name__})",
-                           retryable=True, breaker_failure=True)
+        return UpstreamFailure(
+            FailureKind.RESET,
+            f"upstream closed the connection before responding ({type(exc).__name__})",
+            retryable=True,
+            breaker_failure=True,
+        )
+    return UpstreamFailure(
+        FailureKind.RESET,
+        f"upstream connection broke mid-stream ({type(exc).__name__})",
+        retryable=True,
+        breaker_failure=True,
+    )
 
 
 def timeout_failure(kind: FailureKind, seconds: float) -> UpstreamFailure:
@@ -150,23 +209,38 @@ def timeout_failure(kind: FailureKind, seconds: float) -> UpstreamFailure:
         FailureKind.STALL: f"no event for {seconds:g}s mid-stream",
         FailureKind.DEADLINE: f"request deadline of {seconds:g}s reached",
     }[kind]
-    return UpstreamFailure(kind, what, retryable=kind is not FailureKind.DEADLINE,
-                           breaker_failure=kind is not FailureKind.DEADLINE)
+    return UpstreamFailure(
+        kind,
+        what,
+        retryable=kind is not FailureKind.DEADLINE,
+        breaker_failure=kind is not FailureKind.DEADLINE,
+    )
 
 
 def truncated() -> UpstreamFailure:
-    return UpstreamFailure(FailureKind.TRUNCATED,
-                           "upstream ended the stream without finish_reason",
-                           retryable=True, breaker_failure=True)
+    return UpstreamFailure(
+        FailureKind.TRUNCATED,
+        "upstream ended the stream without finish_reason",
+        retryable=True,
+        breaker_failure=True,
+    )
 
 
 def protocol_error(detail: str) -> UpstreamFailure:
-    return UpstreamFailure(FailureKind.PROTOCOL_ERROR, f"malformed upstream stream: {detail}",
-                           retryable=True, breaker_failure=True)
+    return UpstreamFailure(
+        FailureKind.PROTOCOL_ERROR,
+        f"malformed upstream stream: {detail}",
+        retryable=True,
+        breaker_failure=True,
+    )
 
 
 def diverged(detail: str) -> UpstreamFailure:
     # The upstream answered, but with text that cannot be spliced onto what the app has;
     # another resume may fit. Not the upstream's health problem.
-    return UpstreamFailure(FailureKind.DIVERGED, f"continuation diverged: {detail}",
-                           retryable=True, breaker_failure=False)
+    return UpstreamFailure(
+        FailureKind.DIVERGED,
+        f"continuation diverged: {detail}",
+        retryable=True,
+        breaker_failure=False,
+    )

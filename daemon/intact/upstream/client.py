@@ -119,18 +119,24 @@ class UpstreamClient:
         keep = {
             k: v
             for k, v in resp.headers.items()
-            if k.lower() not in ("content-length", "transfer-encoding", "connection",
-                                 "content-encoding", "keep-alive")
+            if k.lower()
+            not in (
+                "content-length",
+                "transfer-encoding",
+                "connection",
+                "content-encoding",
+                "keep-alive",
+            )
         }
         raise classify.from_status(resp.status, keep, raw)
 
-    async def list_models(self, timeout: float) -> dict[str, Any]:
+    async def list_models(self, time_limit: float) -> dict[str, Any]:
         """GET /models; raises UpstreamFailure on any problem."""
         try:
             async with self.session.get(
                 self._base + "/models",
                 headers=self._headers({"Accept": "application/json"}),
-                timeout=aiohttp.ClientTimeout(total=timeout),
+                timeout=aiohttp.ClientTimeout(total=time_limit),
             ) as resp:
                 raw = await _read_bounded(resp, limit=8 * 1024 * 1024)
                 if resp.status != 200:
