@@ -81,10 +81,13 @@ class ContinuationSplicer:
                 ch = " "
             else:
                 self._prev_space = False
+                if self._alive == []:
+                    # Matching ended on whitespace; now that its run is over, decide.
+                    return self._decide(final=False)
             if self._alive is None:
                 self._alive = self._candidates(ch)
             self._advance(ch)
-            if not self._alive:
+            if not self._alive and ch != " ":
                 return self._decide(final=False)
         return None
 
