@@ -36,7 +36,6 @@ class ContinuationSplicer:
 
     __slots__ = (
         "_alive",
-        "_trailing_ws",
         "_best",
         "_completed",
         "_decided",
@@ -46,6 +45,7 @@ class ContinuationSplicer:
         "_matched",
         "_norm",
         "_prev_space",
+        "_trailing_ws",
         "dropped_chars",
     )
 
@@ -171,9 +171,6 @@ class ContinuationSplicer:
                 run_end += 1
             start = cut - 1
             run = held[start:run_end]
-            if run.startswith(self._trailing_ws):
-                cut = start + len(self._trailing_ws)
-            else:
-                cut = run_end
+            cut = start + len(self._trailing_ws) if run.startswith(self._trailing_ws) else run_end
         self.dropped_chars = cut
         return held[cut:]
