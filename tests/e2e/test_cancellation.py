@@ -12,14 +12,12 @@ from support import MESSAGES, daemon_for, fast_sim, raw_client
 async def test_app_disconnect_closes_the_upstream_within_100ms(tmp_path: Path) -> None:
     async with fast_sim(tok_per_s=20.0) as sim, daemon_for(tmp_path, sim) as d:
         body = {"model": "sim-1", "messages": MESSAGES, "stream": True}
-        async with (
-            raw_client(d.socket_path) as client,
-            client.stream("POST", "/v1/chat/completions", json=body) as resp,
-        ):
-            async for _ in resp.aiter_bytes():
-                break  # the first bytes arrived: the upstream stream is live
+        async with raw_client(d.socket_path) as client:
+            req = client.build_request("POST", "/v1/chat/completions", json=body)
+            resp = await client.send(req, stream=True)
+            await anext(resp.aiter_bytes())  # the first bytes arrived: the stream is live
             closed_at = time.monotonic()
-        # Leaving the block closed the app's connection mid-stream.
+            await resp.aclose()  # the app goes away mid-stream
         for _ in range(100):
             if sim.stats.disconnects:
                 break
@@ -33,14 +31,13 @@ async def test_app_disconnect_during_a_stall_closes_the_upstream(tmp_path: Path)
     async with fast_sim() as sim, daemon_for(tmp_path, sim, stream={"stall_timeout": 30.0}) as d:
         sim.schedule_faults(["stall@3"])
         body = {"model": "sim-1", "messages": MESSAGES, "stream": True}
-        async with (
-            raw_client(d.socket_path) as client,
-            client.stream("POST", "/v1/chat/completions", json=body) as resp,
-        ):
-            async for _ in resp.aiter_bytes():
-                break
-            await asyncio.sleep(0.05)
+        async with raw_client(d.socket_path) as client:
+            req = client.build_request("POST", "/v1/chat/completions", json=body)
+            resp = await client.send(req, stream=True)
+            await anext(resp.aiter_bytes())
+            await asyncio.sleep(0.05)  # the upstream is now stalled
             closed_at = time.monotonic()
+            await resp.aclose()
         for _ in range(100):
             if sim.stats.disconnects:
                 break

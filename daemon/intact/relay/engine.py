@@ -51,6 +51,9 @@ from intact.upstream.client import UpstreamClient
 
 log = structlog.get_logger("intact.relay")
 
+# prepare() asks the loop to try another upstream instead.
+_SKIP = object()
+
 # Failure kinds that mean "too slow" rather than "broken" when every attempt is spent.
 _TIMEOUT_KINDS = frozenset(
     {FailureKind.FIRST_TOKEN_TIMEOUT, FailureKind.STALL, FailureKind.DEADLINE, FailureKind.HTTP_408}
@@ -191,6 +194,9 @@ class _Run:
         self.content_upstream: UpstreamRuntime | None = None
         self.interrupted_at: float | None = None
         self.final_filter: AttemptFilter | None = None
+        self.not_before: dict[str, float] = {}  # provider push-back, per upstream
+        self.skipped: tuple[str, str, int | None, float | None] | None = None
+        self.deposited = False
         self.summary = RequestSummary(
             outcome=Outcome.FAILED,
             model=req.model,
@@ -204,6 +210,7 @@ class _Run:
 
     async def run(self) -> None:
         s = self.summary
+        passed_over: set[str] = set()  # upstreams skipped for this attempt (wait, budget, slot)
         while True:
             if s.attempts >= self.max_attempts:
                 await self.give_up(
@@ -222,19 +229,29 @@ class _Run:
                 if self.delivery.started
                 else AttemptReason.RETRY
             )
-            chosen = self.choose(reason)
+            chosen = self.choose(reason, passed_over)
             if chosen is None:
-                await self.give_up_unavailable()
+                if self.skipped is not None:
+                    code, message, status, retry_after = self.skipped
+                    await self.give_up(code, message, status=status, retry_after=retry_after)
+                else:
+                    await self.give_up_unavailable()
                 return
-            up, permit = chosen
+            up, permit, alternatives = chosen
             try:
-                slot = await self.prepare(up, reason)
+                slot = await self.prepare(up, reason, can_skip=alternatives)
             except BaseException:
                 permit.release()  # a cancelled wait must not hold a half-open probe slot
                 raise
-            if slot is None:
+            if slot is None or slot is _SKIP:
                 permit.release()
-                return
+                if slot is None:
+                    return
+                passed_over.add(up.name)
+                continue
+            assert isinstance(slot, BulkheadSlot)
+            passed_over.clear()
+            self.skipped = None
             s.attempts += 1
             self.stats.per_upstream_attempts[up.name] += 1
             s.upstream = up.name
@@ -245,42 +262,62 @@ class _Run:
             if failure is None:
                 await self.complete()
                 return
+            if failure.kind is FailureKind.DEADLINE:
+                await self.give_up(
+                    "deadline_exceeded", f"request deadline of {self.total_timeout:g}s reached"
+                )
+                return
             if not failure.retryable:
                 await self.final_error(failure)
                 return
 
-    async def prepare(self, up: UpstreamRuntime, reason: AttemptReason) -> BulkheadSlot | None:
-        """Everything between choosing an upstream and sending: resumability, budget,
-        backoff, a stream slot. Returns None after ending the request explicitly."""
+    async def prepare(
+        self, up: UpstreamRuntime, reason: AttemptReason, *, can_skip: bool
+    ) -> BulkheadSlot | object | None:
+        """Everything between choosing an upstream and sending: resumability, backoff,
+        budget, a stream slot. Returns None after ending the request explicitly, or _SKIP
+        when another upstream should be tried instead (if ``can_skip``)."""
+
+        async def refuse(code: str, message: str, **kw: Any) -> object | None:
+            if can_skip:
+                self.skipped = (code, message, kw.get("status"), kw.get("retry_after"))
+                return _SKIP
+            await self.give_up(code, message, **kw)
+            return None
+
         if reason is AttemptReason.RESUME:
             why = self.delivery.why_not_resumable(up.config.resume)
             if why is not None:
                 await self.give_up("not_resumable", f"stream interrupted and {why}")
                 return None
+        delay = 0.0
         if reason is AttemptReason.INITIAL:
-            up.budget.deposit()
+            if not self.deposited:
+                up.budget.deposit()
+                self.deposited = True
         else:
+            wait = self.delay_before(up)
+            if wait is None:
+                return await refuse(
+                    "retry_after_too_long",
+                    f"upstream {up.name} asked to wait longer than retry.max_retry_after",
+                )
+            if self.loop.time() + wait >= self.deadline:
+                return await refuse(
+                    "deadline_exceeded", "the next retry would pass the request deadline"
+                )
             if not up.budget.try_withdraw():
                 self.trace.budget_exhausted(up.name)
                 log.warning("retry_budget_exhausted", upstream=up.name)
-                await self.give_up(
+                return await refuse(
                     "retry_budget_exhausted", f"retry budget of upstream {up.name} is spent"
                 )
-                return None
-            delay = self.delay_before(up)
-            if delay is None or self.loop.time() + delay >= self.deadline:
-                await self.give_up(
-                    "retry_after_too_long" if delay is None else "deadline_exceeded",
-                    "upstream asked to wait longer than allowed"
-                    if delay is None
-                    else "the next retry would pass the request deadline",
-                )
-                return None
-            if delay > 0:
-                await self.relay.clock.sleep(delay)
+            delay = wait
+        if delay > 0:
+            await self.relay.clock.sleep(delay)
         slot = await up.bulkhead.acquire()
         if slot is None:
-            await self.give_up(
+            return await refuse(
                 "overloaded",
                 f"upstream {up.name} has no free stream slot",
                 status=503,
@@ -288,8 +325,11 @@ class _Run:
             )
         return slot
 
-    def choose(self, reason: AttemptReason) -> tuple[UpstreamRuntime, BreakerPermit] | None:
-        """Pick the upstream for the next attempt and take its breaker permit."""
+    def choose(
+        self, reason: AttemptReason, passed_over: set[str]
+    ) -> tuple[UpstreamRuntime, BreakerPermit, bool] | None:
+        """Pick the upstream for the next attempt and take its breaker permit; also say
+        whether another upstream could be tried if this one has to be passed over."""
         if (
             reason is AttemptReason.RESUME
             and self.content_upstream is not None
@@ -305,22 +345,28 @@ class _Run:
             order = [self.ups[(start + i) % len(self.ups)] for i in range(len(self.ups))]
         else:
             order = self.ups
-        for up in order:
+        order = [u for u in order if u.name not in passed_over]
+        for i, up in enumerate(order):
             permit = up.breaker.try_acquire()
             if permit is not None:
-                return up, permit
+                return up, permit, i + 1 < len(order)
         return None
 
     def delay_before(self, up: UpstreamRuntime) -> float | None:
-        """Seconds to wait before retrying on ``up``; None if the upstream asks too much."""
-        last = self.last
-        if last is None or last.upstream is not up:
-            return 0.0  # failing over: the other upstream did not ask us to wait
-        pushback = last.failure.pushback
-        if pushback is not None:
-            if pushback > up.config.retry.max_retry_after:
+        """Seconds to wait before the next attempt on ``up``: what the upstream asked for
+        (Retry-After and friends), else backoff after its own failure, else nothing.
+        None if it asks for longer than ``max_retry_after``."""
+        now = self.loop.time()
+        not_before = self.not_before.get(up.name)
+        if not_before is not None:
+            wait = not_before - now
+            if wait > up.config.retry.max_retry_after:
                 return None
-            return pushback
+            if wait > 0:
+                return wait
+        last = self.last
+        if last is None or last.upstream is not up or last.failure.pushback is not None:
+            return 0.0  # failing over: the other upstream did not ask us to wait
         schedule = self.stats.schedules.get(up.name)
         if schedule is None:
             schedule = up.backoff.schedule(self.relay.rng)
@@ -462,6 +508,8 @@ class _Run:
         reason: AttemptReason,
     ) -> None:
         self.last = _Failure(failure, up)
+        if failure.pushback is not None:
+            self.not_before[up.name] = self.loop.time() + failure.pushback
         if failure.kind is not FailureKind.HTTP_4XX:
             self.summary.interruptions.append(failure.kind)
             if self.interrupted_at is None:

@@ -71,8 +71,13 @@ class Watchdog:
         self._last = self._loop.time()
 
     def first_event(self) -> None:
+        """From now on silence is measured from the last event (stall_timeout), which may
+        be due sooner than the first-token deadline the timer is armed for."""
         self._got_first = True
         self._last = self._loop.time()
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = self._loop.call_at(self._due()[0], self._fire)
 
     def _fire(self) -> None:
         due, kind = self._due()
