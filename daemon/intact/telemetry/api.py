@@ -128,11 +128,9 @@ class RequestTrace(Protocol):
 
 
 class Telemetry(Protocol):
-    def request(self, *, headers: Mapping[str, str], model: str, stream: bool) -> RequestTrace:
-        ...
+    def request(self, *, headers: Mapping[str, str], model: str, stream: bool) -> RequestTrace: ...
 
-    def breaker_transition(self, upstream: str, old: BreakerState, new: BreakerState) -> None:
-        ...
+    def breaker_transition(self, upstream: str, old: BreakerState, new: BreakerState) -> None: ...
 
     def observe_breakers(self, states: Callable[[], Mapping[str, BreakerState]]) -> None:
         """Register a callback read at export time for the breaker-state gauge."""
