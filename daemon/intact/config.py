@@ -201,10 +201,14 @@ class TelemetryConfig:
         "auto", "JSON lines, or a console format; auto = console when stdout is a terminal."
     )
     log_level: LogLevel = setting("info", "Lowest log level written.")
-    log_content: bool = setting(False, "Log prompts and completions (off: never logged).")
+    log_content: bool = setting(
+        False,
+        "Reserved for a future opt-in to log prompts and completions; today they are never logged.",
+    )
     otlp_endpoint: str = setting(
         "",
-        "OTLP collector endpoint; empty = use OTEL_EXPORTER_OTLP_* variables if set, "
+        "OTLP collector base endpoint (e.g. http://127.0.0.1:4317; /v1/traces and /v1/metrics "
+        "are appended for http/protobuf); empty = use OTEL_EXPORTER_OTLP_* variables if set, "
         "else no OTLP export.",
     )
     otlp_protocol: OtlpProtocol = setting(

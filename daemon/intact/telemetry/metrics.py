@@ -1,0 +1,253 @@
+"""Every metric intact exports: names, units, buckets and label sets, in this one module.
+
+Dashboards and alerts depend on these names; renaming one is a breaking change. The
+Prometheus name (after the OpenTelemetry exporter's translation: dots -> underscores, unit
+suffix, ``_total`` for counters) is given next to each OpenTelemetry name.
+
+Stream outcomes (``intact_streams_total{outcome}``):
+  completed  no interruption
+  recovered  interrupted, then delivered whole (resume + splice)
+  failed     ended with an explicit error (HTTP error, or an in-band SSE error event)
+  rejected   the upstream refused the request with a 4xx that was passed through
+  cancelled  the app went away
+
+Interruption rate = (recovered + failed) / (completed + recovered + failed); rejected and
+cancelled requests say nothing about stream health and stay out of it.
+
+Label values are bounded: upstream names come from the config, kinds/reasons/results/outcomes
+are enums, and the model label is the request's model capped per upstream (``ModelLabels``).
+Never prompts, ids or other user data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Final
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.util.types import AttributeValue
+
+from intact.resilience.breaker import BreakerState
+from intact.resilience.classify import FailureKind
+from intact.telemetry.api import UpstreamInfo
+from intact.telemetry.semconv import (
+    GENAI_OPERATION_NAME,
+    GENAI_PROVIDER_NAME,
+    GENAI_REQUEST_MODEL,
+    OPERATION_CHAT,
+    SERVER_ADDRESS,
+    SERVER_PORT,
+)
+
+Attrs = Mapping[str, AttributeValue]
+
+# --- instrument names (OpenTelemetry name; the Prometheus name after "->") ---------------
+STREAMS: Final = "intact.streams"  # -> intact_streams_total{outcome,upstream,model}
+INTERRUPTIONS: Final = "intact.interruptions"  # -> intact_interruptions_total{kind,upstream}
+ATTEMPTS: Final = "intact.attempts"  # -> intact_attempts_total{upstream,reason,result}
+RECOVERED_TOKENS: Final = "intact.recovered_tokens"  # -> intact_recovered_tokens_total{upstream}
+BREAKER_STATE: Final = "intact.breaker.state"  # -> intact_breaker_state{upstream}
+BREAKER_TRANSITIONS: Final = "intact.breaker.transitions"
+# -> intact_breaker_transitions_total{upstream,to}
+RETRY_BUDGET_EXHAUSTED: Final = "intact.retry_budget.exhausted"
+# -> intact_retry_budget_exhausted_total{upstream}
+ACTIVE_STREAMS: Final = "intact.active_streams"  # -> intact_active_streams (a gauge)
+STREAM_DURATION: Final = "intact.stream.duration"  # -> intact_stream_duration_seconds
+RECOVERY_DURATION: Final = "intact.recovery.duration"  # -> intact_recovery_duration_seconds
+# GenAI client metrics of semantic conventions v1.41.0, the last release that carried them in
+# open-telemetry/semantic-conventions (a later rename is a one-line change here). Attributes:
+# gen_ai.operation.name, gen_ai.provider.name, gen_ai.request.model, server.address,
+# server.port, upstream, and error.type on failures / gen_ai.token.type on token usage.
+GENAI_OPERATION_DURATION: Final = "gen_ai.client.operation.duration"
+# -> gen_ai_client_operation_duration_seconds
+GENAI_TOKEN_USAGE: Final = "gen_ai.client.token.usage"  # -> gen_ai_client_token_usage
+GENAI_TIME_TO_FIRST_CHUNK: Final = "gen_ai.client.operation.time_to_first_chunk"
+# -> gen_ai_client_operation_time_to_first_chunk_seconds
+
+# --- label keys ---------------------------------------------------------------------------
+UPSTREAM: Final = "upstream"
+MODEL: Final = "model"
+OUTCOME: Final = "outcome"
+KIND: Final = "kind"
+REASON: Final = "reason"
+RESULT: Final = "result"
+TO: Final = "to"
+RESULT_SUCCESS: Final = "success"
+RESULT_CANCELLED: Final = "cancelled"
+RESULT_INTERNAL_ERROR: Final = "internal_error"  # a bug in intact, not an upstream failure
+OTHER_MODEL: Final = "other"
+
+BREAKER_STATE_LABELS: Final[Mapping[BreakerState, str]] = {
+    BreakerState.CLOSED: "closed",
+    BreakerState.HALF_OPEN: "half_open",
+    BreakerState.OPEN: "open",
+}
+
+# --- buckets ------------------------------------------------------------------------------
+GENAI_DURATION_BUCKETS: Final = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)  # fmt: skip
+GENAI_TOKEN_BUCKETS: Final = (
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+)  # fmt: skip
+# Whole app requests: a long answer streams for minutes (total_timeout defaults to 600 s).
+STREAM_DURATION_BUCKETS: Final = (
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0,
+)  # fmt: skip
+# Interruption detected -> first continuation content delivered: backoff + TTFT of a resume.
+RECOVERY_DURATION_BUCKETS: Final = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+BreakerStates = Callable[[], Iterable[tuple[str, BreakerState]]]
+
+
+class ModelLabels:
+    """Caps the model label: the first ``limit`` models seen per upstream keep their name."""
+
+    __slots__ = ("_limit", "_seen")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: dict[str, set[str]] = {}
+
+    def label(self, upstream: str, model: str) -> str:
+        seen = self._seen.setdefault(upstream, set())
+        if model in seen:
+            return model
+        if len(seen) < self._limit:
+            seen.add(model)
+            return model
+        return OTHER_MODEL
+
+
+class Instruments:
+    """The instruments, created once, and the attribute sets they are recorded with.
+
+    Attribute dicts are built once per distinct label combination and reused, so recording
+    at an attempt boundary is a dict lookup plus the SDK's own aggregation.
+    """
+
+    def __init__(self, meter: Meter, breaker_states: BreakerStates) -> None:
+        self._breaker_states = breaker_states
+        self.streams = meter.create_counter(
+            STREAMS, unit="{stream}", description="App requests by how they ended."
+        )
+        self.interruptions = meter.create_counter(
+            INTERRUPTIONS,
+            unit="{interruption}",
+            description="Failed upstream attempts (any kind but http_4xx rejections).",
+        )
+        self.attempts = meter.create_counter(
+            ATTEMPTS, unit="{attempt}", description="Upstream attempts by reason and result."
+        )
+        self.recovered_tokens = meter.create_counter(
+            RECOVERED_TOKENS,
+            unit="{token}",
+            description="Tokens delivered to apps by resume attempts (text saved by recovery).",
+        )
+        self.breaker_transitions = meter.create_counter(
+            BREAKER_TRANSITIONS, unit="{transition}", description="Circuit breaker transitions."
+        )
+        self.retry_budget_exhausted = meter.create_counter(
+            RETRY_BUDGET_EXHAUSTED,
+            unit="{request}",
+            description="Requests that ended because the upstream's retry budget was spent.",
+        )
+        self.active_streams = meter.create_up_down_counter(
+            ACTIVE_STREAMS, unit="{stream}", description="App requests being served now."
+        )
+        self.stream_duration = meter.create_histogram(
+            STREAM_DURATION,
+            unit="s",
+            description="Duration of whole app requests, every attempt included.",
+            explicit_bucket_boundaries_advisory=STREAM_DURATION_BUCKETS,
+        )
+        self.recovery_duration = meter.create_histogram(
+            RECOVERY_DURATION,
+            unit="s",
+            description="From an interruption to the first continuation content delivered.",
+            explicit_bucket_boundaries_advisory=RECOVERY_DURATION_BUCKETS,
+        )
+        self.operation_duration = meter.create_histogram(
+            GENAI_OPERATION_DURATION,
+            unit="s",
+            description="GenAI operation duration (one upstream attempt).",
+            explicit_bucket_boundaries_advisory=GENAI_DURATION_BUCKETS,
+        )
+        self.token_usage = meter.create_histogram(
+            GENAI_TOKEN_USAGE,
+            unit="{token}",
+            description="Input and output tokens used, as reported by the upstream.",
+            explicit_bucket_boundaries_advisory=GENAI_TOKEN_BUCKETS,
+        )
+        self.time_to_first_chunk = meter.create_histogram(
+            GENAI_TIME_TO_FIRST_CHUNK,
+            unit="s",
+            description="Time from sending an upstream attempt to its first chunk.",
+            explicit_bucket_boundaries_advisory=GENAI_DURATION_BUCKETS,
+        )
+        meter.create_observable_gauge(
+            BREAKER_STATE,
+            callbacks=[self._observe_breakers],
+            unit="1",
+            description="Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+        )
+        self._cache: dict[tuple[tuple[str, AttributeValue], ...], Attrs] = {}
+
+    def _observe_breakers(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(int(state), self.labels(UPSTREAM, name))
+            for name, state in self._breaker_states()
+        ]
+
+    def preset_upstream(self, upstream: str) -> None:
+        """Start the rare-event counters of a configured upstream at 0.
+
+        ``increase()`` over a series that appears with its first event misses that event, and
+        alerts such as "a breaker opened" fire exactly on the first one.
+        """
+        for state in BREAKER_STATE_LABELS.values():
+            self.breaker_transitions.add(0, self.breaker_labels(upstream, state))
+        self.retry_budget_exhausted.add(0, self.labels(UPSTREAM, upstream))
+
+    # --- attribute sets (cached; every input is bounded) --------------------------------
+
+    def _attrs(self, *pairs: tuple[str, AttributeValue]) -> Attrs:
+        found = self._cache.get(pairs)
+        if found is None:
+            found = self._cache[pairs] = dict(pairs)
+        return found
+
+    def labels(self, key: str, value: str) -> Attrs:
+        return self._attrs((key, value))
+
+    def stream_labels(self, outcome: str, upstream: str, model: str) -> Attrs:
+        return self._attrs((OUTCOME, outcome), (UPSTREAM, upstream), (MODEL, model))
+
+    def stream_duration_labels(self, outcome: str, upstream: str) -> Attrs:
+        return self._attrs((OUTCOME, outcome), (UPSTREAM, upstream))
+
+    def interruption_labels(self, kind: FailureKind, upstream: str) -> Attrs:
+        return self._attrs((KIND, kind.value), (UPSTREAM, upstream))
+
+    def attempt_labels(self, upstream: str, reason: str, result: str) -> Attrs:
+        return self._attrs((UPSTREAM, upstream), (REASON, reason), (RESULT, result))
+
+    def breaker_labels(self, upstream: str, to: str) -> Attrs:
+        return self._attrs((UPSTREAM, upstream), (TO, to))
+
+    def genai_labels(
+        self, upstream: UpstreamInfo, model: str, *extra: tuple[str, AttributeValue]
+    ) -> Attrs:
+        """GenAI client metric attributes of one (upstream, capped model) pair (+ extras:
+        ``error.type`` on failures, ``gen_ai.token.type`` for token usage)."""
+        return self._attrs(
+            (GENAI_OPERATION_NAME, OPERATION_CHAT),
+            (GENAI_PROVIDER_NAME, upstream.provider),
+            (GENAI_REQUEST_MODEL, model),
+            (SERVER_ADDRESS, upstream.address),
+            (SERVER_PORT, upstream.port),
+            (UPSTREAM, upstream.name),
+            *extra,
+        )
