@@ -115,3 +115,17 @@ def test_standard_library_loggers_share_the_json_format() -> None:
     assert line["event"] == "collector x unreachable"
     assert line["logger"] == "opentelemetry.exporter.test"
     assert line["level"] == "warning"
+
+
+async def test_log_content_opt_in_logs_the_prompt_and_the_delivered_text(
+    tmp_path: Path, sim: SimulatedUpstream, start_sinks: Any
+) -> None:
+    cfg = daemon_config(tmp_path, sim.base_url, telemetry={"log_content": True})
+    sinks = start_sinks(cfg)
+    sim.schedule_faults(["reset@5"])
+    async with serving(cfg, sinks) as d:
+        assert (await stream_chat(app_client(d.socket_path))).error is None
+    [content] = [line for line in sinks.log_lines() if line["event"] == "request_content"]
+    assert content["messages"] == MESSAGES
+    assert content["completion"] == expected_answer(MESSAGES).content
+    assert content["trace_id"]

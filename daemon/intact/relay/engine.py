@@ -655,6 +655,14 @@ class _Run:
         s.duration = self.loop.time() - self.started
         if s.outcome is not Outcome.CANCELLED and not s.completion_tokens:
             s.completion_tokens = self.delivery.tokens_delivered
+        if self.relay.config.telemetry.log_content:
+            # Opt-in only (telemetry.log_content): prompts and answers can hold user data.
+            log.info(
+                "request_content",
+                messages=self.req.body.get("messages"),
+                completion=self.delivery.content(),
+                outcome=s.outcome.value,
+            )
         self.trace.finish(s)
 
 

@@ -826,8 +826,12 @@ class SimulatedUpstream:
             if fault.kind == HTTP_429:
                 raise _rate_limited(self.settings.retry_after)
             if fault.kind == HTTP_400:
-                raise ApiError(400, "This model does not support assistant message prefill.",
-                               param="messages", code="invalid_request")
+                raise ApiError(
+                    400,
+                    "This model does not support assistant message prefill.",
+                    param="messages",
+                    code="invalid_request",
+                )
             if fault.kind == HTTP_500:
                 raise _server_error()
             if fault.kind == HTTP_503:

@@ -5,8 +5,8 @@ Every line carries ``timestamp`` (ISO 8601, UTC), ``level``, ``logger`` and ``ev
 trace. Standard-library loggers (the OpenTelemetry exporters, aiohttp) are routed through
 the same pipeline, so the daemon writes one format only.
 
-Prompts and completions are never logged. ``telemetry.log_content`` is reserved for a
-future, explicit opt-in and changes nothing today.
+Prompts and completions are never logged unless ``telemetry.log_content`` is set (the
+relay then writes one ``request_content`` line per request).
 """
 
 from __future__ import annotations
