@@ -331,3 +331,15 @@ def test_invariant_holds_for_random_fault_schedules(
         assert_prefix_of_answer(seen["text"])
     if len(faults) < max_attempts:
         assert seen["error"] is None
+
+
+async def test_continuation_sends_no_empty_chunks(tmp_path: Path) -> None:
+    async with fast_sim() as sim, daemon_for(tmp_path, sim) as d:
+        sim.schedule_faults(["reset@4"])
+        lines = await sse_lines(
+            d.socket_path, {"model": "sim-1", "messages": MESSAGES, "stream": True}
+        )
+    chunks = [orjson.loads(line[6:]) for line in lines if line.startswith(b"data: {")]
+    for chunk in chunks[1:]:
+        choice = chunk["choices"][0]
+        assert choice["delta"] or choice["finish_reason"], chunk

@@ -269,8 +269,8 @@ class AttemptFilter:
             elif key == "tool_calls":
                 if value:
                     await self._tool_deltas(obj, value)
-            elif key in _REASONING_KEYS and self.continuation:
-                continue
+            elif self.continuation and (key in _REASONING_KEYS or value is None):
+                continue  # the app already had the reasoning, and nulls carry nothing
             else:
                 out[key] = value
         if finish is not None:
