@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck format chaos bench run clean
+.PHONY: venv demo test lint typecheck format chaos bench run docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ chaos: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/relay_overhead.py
+
+docs: $(STAMP)
+	$(BIN)/python tools/update_readme.py
 
 run: $(STAMP)
 	$(BIN)/intact run
