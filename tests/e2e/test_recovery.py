@@ -343,3 +343,17 @@ async def test_continuation_sends_no_empty_chunks(tmp_path: Path) -> None:
     for chunk in chunks[1:]:
         choice = chunk["choices"][0]
         assert choice["delta"] or choice["finish_reason"], chunk
+
+
+@pytest.mark.parametrize("kind", MID_STREAM)
+async def test_break_right_after_the_max_tokens_th_token_ends_with_length(
+    tmp_path: Path, kind: str
+) -> None:
+    expected = expected_answer(MESSAGES, max_tokens=10)
+    async with fast_sim() as sim, daemon_for(tmp_path, sim) as d:
+        sim.schedule_faults([f"{kind}@last"])
+        seen = await stream_chat(sdk(d.socket_path), max_tokens=10)
+        assert sim.stats.chat_requests == 1  # nothing left to ask the upstream for
+    assert seen.error is None
+    assert seen.text == expected.content
+    assert seen.finish_reason == "length"

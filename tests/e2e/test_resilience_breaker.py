@@ -212,3 +212,59 @@ async def test_upstream_down_drives_closed_open_half_open_closed_and_readiness(
     assert debug["upstreams"][0]["breaker"]["state"] == "OPEN"
     assert [a.text for a in answers] == [EXPECTED.content] * 2
     assert ready.json() == {"ready": True, "usable_upstreams": ["sim0"]}
+
+
+async def test_streams_are_judged_at_their_first_chunk_so_slow_successes_count_at_once(
+    tmp_path: Path,
+) -> None:
+    # Four long streams are in flight when three fast failures arrive. Judged at the end,
+    # the window would hold 3 failures of 3 calls; judged at the first chunk it holds
+    # 4 successes and 3 failures, below the threshold.
+    async with (
+        fast_sim(tok_per_s=10.0) as sim,
+        daemon_for(tmp_path, sim, **breaker_config()) as d,
+    ):
+        slow = [asyncio.create_task(post(d)) for _ in range(4)]
+        while sim.stats.active_streams < 4:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # the first chunks are out
+        sim.schedule_faults(["http_500"] * 3)
+        assert [(await post(d)).status_code for _ in range(3)] == [500] * 3
+        assert state(d) is BreakerState.CLOSED
+        for task in slow:
+            task.cancel()
+
+
+async def test_a_stream_dropped_after_its_first_chunk_still_counts_as_a_failure(
+    tmp_path: Path,
+) -> None:
+    async with fast_sim() as sim, daemon_for(tmp_path, sim, **breaker_config()) as d:
+        sim.schedule_faults(["reset@5", "reset@5"])
+        await stream_chat(sdk(d.socket_path))
+        snap = d.relay.upstreams[0].breaker.snapshot()
+        # The call: a success at its first chunk, then one more failure when it broke.
+        assert (snap["calls"], snap["failures"]) == (2, 1)
+        await stream_chat(sdk(d.socket_path))
+        assert state(d) is BreakerState.OPEN  # 2 of 4 window entries failed: the threshold
+
+
+async def test_a_retry_waiting_out_retry_after_does_not_call_an_upstream_whose_breaker_opened(
+    tmp_path: Path,
+) -> None:
+    async with (
+        fast_sim(retry_after=0.4) as sim,
+        daemon_for(tmp_path, sim, breaker=BREAKER, retry={"max_attempts": 2}) as d,
+    ):
+        sim.schedule_faults(["http_429"])
+        waiting = asyncio.create_task(post(d))
+        while sim.stats.chat_requests < 1:
+            await asyncio.sleep(0.01)
+        sim.schedule_faults(["http_500"] * 8)
+        for _ in range(4):
+            await post(d)  # these open the breaker while the first request sleeps
+        assert state(d) is BreakerState.OPEN
+        seen_before = sim.stats.chat_requests
+        resp = await waiting
+        assert sim.stats.chat_requests == seen_before  # the woken retry sent nothing
+        assert resp.status_code == 503
+        assert resp.json()["error"]["code"] == "upstream_unavailable"

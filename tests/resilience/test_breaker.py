@@ -443,3 +443,53 @@ class BreakerMachine(RuleBasedStateMachine):
 
 BreakerMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
 test_breaker_state_machine = BreakerMachine.TestCase
+
+
+def test_late_failure_after_a_success_counts_as_one_more_failure() -> None:
+    breaker, _ = make(FakeClock())
+    permit = breaker.try_acquire()
+    assert permit is not None
+    permit.record(CallOutcome.SUCCESS)
+    permit.record_late_failure()
+    permit.record_late_failure()  # only once
+    snap = breaker.snapshot()
+    assert (snap["calls"], snap["failures"]) == (2, 1)
+
+
+def test_late_failure_without_a_success_is_ignored() -> None:
+    breaker, _ = make(FakeClock())
+    for outcome in (CallOutcome.FAILURE, CallOutcome.IGNORED):
+        permit = breaker.try_acquire()
+        assert permit is not None
+        permit.record(outcome)
+        permit.record_late_failure()
+    snap = breaker.snapshot()
+    assert (snap["calls"], snap["failures"]) == (1, 1)
+
+
+def test_probe_that_breaks_after_its_first_chunk_reopens() -> None:
+    clock = FakeClock()
+    breaker, log = make(clock)
+    trip(breaker)
+    clock.advance(5.0)
+    assert breaker.state is HALF_OPEN
+    probe = breaker.try_acquire()
+    assert probe is not None and probe.probe
+    probe.record(CallOutcome.SUCCESS)
+    probe.record_late_failure()
+    assert breaker.state is OPEN
+    assert log[-1] == ("up", HALF_OPEN, OPEN)
+
+
+def test_late_failure_of_a_probe_that_already_closed_the_breaker_is_ignored() -> None:
+    clock = FakeClock()
+    breaker, _ = make(clock, half_open_probes=1)
+    trip(breaker)
+    clock.advance(5.0)
+    probe = breaker.try_acquire()
+    assert probe is not None
+    probe.record(CallOutcome.SUCCESS)
+    assert breaker.state is CLOSED
+    probe.record_late_failure()
+    assert breaker.state is CLOSED
+    assert breaker.snapshot()["failures"] == 0

@@ -95,9 +95,16 @@ class Delivery:
     """The app-visible state of one request; single-choice requests are resumable."""
 
     def __init__(
-        self, sink: AppSink, recovery: RecoveryConfig, *, app_wants_usage: bool, n: int = 1
+        self,
+        sink: AppSink,
+        recovery: RecoveryConfig,
+        *,
+        app_wants_usage: bool,
+        n: int = 1,
+        token_limit: int | None = None,
     ) -> None:
         self.sink = sink
+        self.token_limit = token_limit
         self.recovery = recovery
         self.app_wants_usage = app_wants_usage
         self.n = n
@@ -137,6 +144,11 @@ class Delivery:
         self.content_chars += len(text)
         if self.content_chars > self.recovery.max_partial_chars:
             self.too_long_to_resume = True
+
+    def budget_spent(self) -> bool:
+        """The app already has max_tokens tokens: resuming would only add extra ones."""
+        limit = self.token_limit
+        return limit is not None and self.tokens_delivered >= limit and not self.tool_calls
 
     def why_not_resumable(self, mode: str) -> str | None:
         """None if an interrupted stream can be continued from here, else the reason."""
@@ -400,6 +412,14 @@ class AttemptFilter:
                 self._finished_choices.add(choice.get("index", 0))
                 self.finish_reason = choice["finish_reason"]
         await d.sink.send_chunk(obj, raw)
+
+    async def synthesize_finish(self, reason: str) -> None:
+        """End the answer with a finish_reason the upstream would have sent (e.g. "length"
+        when the stream broke right after the max_tokens-th token)."""
+        choice = {"index": 0, "logprobs": None}
+        await self._emit({}, choice, {}, reason, raw=None)
+        self.finish_reason = reason
+        self.d.finish_reason = reason
 
     async def on_stream_end(self) -> None:
         """The attempt ended after its finish_reason: flush anything still held."""

@@ -186,7 +186,11 @@ class _Run:
         # Stick to an upstream for its share of attempts before failing over.
         self.share = max(1, self.max_attempts // len(ups))
         self.delivery = Delivery(
-            sink, relay.config.recovery, app_wants_usage=req.app_wants_usage, n=req.n
+            sink,
+            relay.config.recovery,
+            app_wants_usage=req.app_wants_usage,
+            n=req.n,
+            token_limit=req.token_limit,
         )
         self.base_body = req.upstream_body()
         self.stats = _Stats()
@@ -237,19 +241,19 @@ class _Run:
                 else:
                     await self.give_up_unavailable()
                 return
-            up, permit, alternatives = chosen
-            try:
-                slot = await self.prepare(up, reason, can_skip=alternatives)
-            except BaseException:
-                permit.release()  # a cancelled wait must not hold a half-open probe slot
-                raise
-            if slot is None or slot is _SKIP:
-                permit.release()
-                if slot is None:
-                    return
+            up, alternatives = chosen
+            if reason is AttemptReason.RESUME and self.delivery.budget_spent():
+                # Interrupted exactly at max_tokens: the answer is complete as it is.
+                await self.complete_at_token_limit()
+                return
+            prepared = await self.prepare(up, reason, can_skip=alternatives)
+            if prepared is None:
+                return
+            if prepared is _SKIP:
                 passed_over.add(up.name)
                 continue
-            assert isinstance(slot, BulkheadSlot)
+            assert isinstance(prepared, tuple)
+            slot, permit = prepared
             passed_over.clear()
             self.skipped = None
             s.attempts += 1
@@ -273,10 +277,11 @@ class _Run:
 
     async def prepare(
         self, up: UpstreamRuntime, reason: AttemptReason, *, can_skip: bool
-    ) -> BulkheadSlot | object | None:
+    ) -> tuple[BulkheadSlot, BreakerPermit] | object | None:
         """Everything between choosing an upstream and sending: resumability, backoff,
-        budget, a stream slot. Returns None after ending the request explicitly, or _SKIP
-        when another upstream should be tried instead (if ``can_skip``)."""
+        budget, a stream slot and, last, the breaker's permit (taken after any wait, so an
+        upstream whose breaker opened meanwhile is not called). Returns None after ending
+        the request explicitly, or _SKIP when another upstream should be tried instead."""
 
         async def refuse(code: str, message: str, **kw: Any) -> object | None:
             if can_skip:
@@ -323,12 +328,21 @@ class _Run:
                 status=503,
                 retry_after=1.0,
             )
-        return slot
+        permit = up.breaker.try_acquire()
+        if permit is None:
+            slot.release()
+            return await refuse(
+                "upstream_unavailable",
+                f"the circuit breaker of upstream {up.name} is open",
+                status=503,
+                retry_after=max(1.0, up.breaker.retry_after()),
+            )
+        return slot, permit
 
     def choose(
         self, reason: AttemptReason, passed_over: set[str]
-    ) -> tuple[UpstreamRuntime, BreakerPermit, bool] | None:
-        """Pick the upstream for the next attempt and take its breaker permit; also say
+    ) -> tuple[UpstreamRuntime, bool] | None:
+        """Pick the upstream for the next attempt (one whose breaker is not open), and say
         whether another upstream could be tried if this one has to be passed over."""
         if (
             reason is AttemptReason.RESUME
@@ -345,12 +359,13 @@ class _Run:
             order = [self.ups[(start + i) % len(self.ups)] for i in range(len(self.ups))]
         else:
             order = self.ups
-        order = [u for u in order if u.name not in passed_over]
-        for i, up in enumerate(order):
-            permit = up.breaker.try_acquire()
-            if permit is not None:
-                return up, permit, i + 1 < len(order)
-        return None
+        usable = [
+            u for u in order
+            if u.name not in passed_over and u.breaker.state is not BreakerState.OPEN
+        ]  # fmt: skip
+        if not usable:
+            return None
+        return usable[0], len(usable) > 1
 
     def delay_before(self, up: UpstreamRuntime) -> float | None:
         """Seconds to wait before the next attempt on ``up``: what the upstream asked for
@@ -403,11 +418,13 @@ class _Run:
         )
         with span:
             try:
-                await self.stream(up, orjson.dumps(body), filt, span)
+                await self.stream(up, orjson.dumps(body), filt, span, permit)
             except UpstreamFailure as failure:
-                permit.record(
-                    CallOutcome.FAILURE if failure.breaker_failure else CallOutcome.IGNORED
-                )
+                if failure.breaker_failure:
+                    permit.record(CallOutcome.FAILURE)  # a no-op once judged a success...
+                    permit.record_late_failure()  # ...then it counts as a mid-stream drop
+                else:
+                    permit.record(CallOutcome.IGNORED)
                 span.failed(
                     failure,
                     response_id=filt.response_id,
@@ -438,7 +455,12 @@ class _Run:
         return None
 
     async def stream(
-        self, up: UpstreamRuntime, body: bytes, filt: AttemptFilter, span: AttemptTrace
+        self,
+        up: UpstreamRuntime,
+        body: bytes,
+        filt: AttemptFilter,
+        span: AttemptTrace,
+        permit: BreakerPermit,
     ) -> None:
         """Read one attempt's SSE stream into the filter; raise UpstreamFailure if it breaks."""
         timeouts = up.config.stream
@@ -454,6 +476,7 @@ class _Run:
             try:
                 decoder = SSEDecoder()
                 got_first = False
+                judged = False
                 done = False
                 async for data in resp.content.iter_any():
                     for event in decoder.feed(data):
@@ -471,6 +494,10 @@ class _Run:
                         if not isinstance(obj, dict):
                             raise classify.protocol_error("event data is not a JSON object")
                         await filt.on_chunk(obj, event.data)
+                        if not judged:
+                            # The upstream is serving: judge the call now, not at the end.
+                            judged = True
+                            permit.record(CallOutcome.SUCCESS)
                         if self.interrupted_at is not None and filt.tokens_delivered:
                             self.trace.recovered(
                                 upstream=up.name, seconds=self.loop.time() - self.interrupted_at
@@ -553,6 +580,12 @@ class _Run:
         )
         s.outcome = Outcome.RECOVERED if s.interruptions else Outcome.COMPLETED
         s.completion_tokens = self.delivery.tokens_delivered
+
+    async def complete_at_token_limit(self) -> None:
+        filt = self.delivery.attempt()
+        await filt.synthesize_finish("length")
+        self.final_filter = filt
+        await self.complete()
 
     async def final_error(self, failure: UpstreamFailure) -> None:
         """A non-retryable failure: pass it through if we still can, else say so in-band."""

@@ -25,6 +25,16 @@ class ChatRequest:
     timeout: float | None
 
     @property
+    def token_limit(self) -> int | None:
+        """The app's cap on generated tokens, if it set one."""
+        limits = [
+            v
+            for v in (self.body.get("max_tokens"), self.body.get("max_completion_tokens"))
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0
+        ]
+        return min(limits) if limits else None
+
+    @property
     def resumable(self) -> bool:
         """Only a single-choice answer has one partial text to continue from."""
         return self.n == 1

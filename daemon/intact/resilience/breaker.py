@@ -94,13 +94,15 @@ class _OutcomeWindow:
 class BreakerPermit:
     """Leave to make one call; report its outcome exactly once (later reports are no-ops)."""
 
-    __slots__ = ("_breaker", "_done", "_generation", "_probe")
+    __slots__ = ("_breaker", "_done", "_generation", "_late", "_probe", "_succeeded")
 
     def __init__(self, breaker: CircuitBreaker, generation: int, probe: bool) -> None:
         self._breaker = breaker
         self._generation = generation
         self._probe = probe
         self._done = False
+        self._succeeded = False
+        self._late = False
 
     @property
     def probe(self) -> bool:
@@ -112,7 +114,21 @@ class BreakerPermit:
         if self._done:
             return
         self._done = True
+        self._succeeded = outcome is CallOutcome.SUCCESS
         self._breaker._on_outcome(self._generation, self._probe, outcome)
+
+    def record_late_failure(self) -> None:
+        """The call was judged a success (a stream that started) but broke afterwards.
+
+        Streams are judged when their first chunk arrives: judging them at their end would
+        let fast failures outrun slow successes and open the breaker on a cold start. A
+        later mid-stream drop still counts, as one more failure in the window (or, for a
+        probe, as a failed probe). Only once, and only after a SUCCESS.
+        """
+        if not self._succeeded or self._late:
+            return
+        self._late = True
+        self._breaker._on_late_failure(self._generation, self._probe)
 
     def release(self) -> None:
         """Give the permit back without judging the upstream (IGNORED unless recorded)."""
@@ -208,6 +224,16 @@ class CircuitBreaker:
             and window.failure_rate() >= self.config.failure_rate_threshold
         ):
             self._transition(BreakerState.OPEN)
+
+    def _on_late_failure(self, generation: int, probe: bool) -> None:
+        if probe:
+            # A probe that already closed the breaker belongs to an older generation.
+            if generation == self._generation:
+                self._transition(BreakerState.OPEN)
+            return
+        if self._state is not BreakerState.CLOSED or generation != self._generation:
+            return
+        self._on_outcome(generation, probe, CallOutcome.FAILURE)
 
     def _on_probe_outcome(self, outcome: CallOutcome) -> None:
         if outcome is CallOutcome.FAILURE:
