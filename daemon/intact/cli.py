@@ -201,7 +201,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from intact.simulator import ALL_FAULT_KINDS, SimulatorSettings, serve_forever
+    from intact.simulator import (
+        ALL_FAULT_KINDS,
+        SimulatedUpstream,
+        SimulatorSettings,
+        serve_forever,
+    )
 
     kinds = (
         tuple(k.strip() for k in args.kinds.split(",") if k.strip())
@@ -224,8 +229,12 @@ def _simulate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"intact simulate-upstream: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+
+    def ready(sim: SimulatedUpstream) -> None:
+        print(f"intact simulated upstream listening on {sim.base_url}", flush=True)
+
     try:
-        asyncio.run(serve_forever(settings, args.host, args.port))
+        asyncio.run(serve_forever(settings, args.host, args.port, on_ready=ready))
     except KeyboardInterrupt:
         pass
     return 0

@@ -65,6 +65,7 @@ async def running_daemon(
     sock = bind_unix_socket(path, int(config.server.socket_mode, 8))
     inode = socket_inode(path)
     runners: list[web.AppRunner] = []
+    app_site: web.SockSite | None = None
     try:
         for up in upstreams:
             await up.client.start()
@@ -73,13 +74,14 @@ async def running_daemon(
         app = build_app(relay, max_body_bytes=config.server.max_body_bytes)
         runner = web.AppRunner(
             app,
-            shutdown_timeout=config.server.drain_timeout,
+            shutdown_timeout=1.0,  # the relay drains first (server.drain_timeout)
             handler_cancellation=True,
             access_log=None,
         )
         await runner.setup()
         runners.append(runner)
-        await web.SockSite(runner, sock).start()
+        app_site = web.SockSite(runner, sock)
+        await app_site.start()
         admin_url = None
         if config.server.metrics_addr != "off":
             host, port = split_host_port(config.server.metrics_addr)
@@ -97,6 +99,11 @@ async def running_daemon(
             config=config, relay=relay, socket_path=path, admin_url=admin_url, runners=runners
         )
     finally:
+        # Stop accepting, give in-flight streams drain_timeout, end the rest explicitly.
+        if app_site is not None:
+            with contextlib.suppress(RuntimeError):
+                await app_site.stop()
+        await relay.drain(config.server.drain_timeout)
         for r in runners:
             await r.cleanup()
         for up in upstreams:

@@ -73,6 +73,16 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     relay = request.app[RELAY_KEY]
+    if relay.draining:
+        return error_response(
+            AppError(
+                status=503,
+                message="intact is shutting down; retry on the restarted daemon.",
+                type="upstream_unavailable",
+                code="daemon_shutdown",
+                headers={"Retry-After": "1"},
+            )
+        )
     raw = await request.read()
     parsed = parse_chat_request(raw, request.headers)
     if isinstance(parsed, AppError):

@@ -13,6 +13,7 @@ event after it. Never a clean close on a partial answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 from collections import Counter
@@ -117,6 +118,10 @@ class Relay:
         self.clock = clock
         self.rng = rng or random.Random()
         self.active = 0
+        self.draining = False  # the daemon is stopping: no new requests
+        self._runs: set[_Run] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def candidates(self, model: str) -> list[UpstreamRuntime]:
         return [u for u in self.upstreams if u.serves(model)]
@@ -136,14 +141,34 @@ class Relay:
         with trace:
             run = _Run(self, req, sink, trace, ups)
             self.active += 1
+            self._runs.add(run)
+            self._idle.clear()
             try:
                 await run.run()
             except asyncio.CancelledError:
-                run.summary.outcome = Outcome.CANCELLED
-                raise
+                if not run.stopped_for_shutdown:
+                    run.summary.outcome = Outcome.CANCELLED  # the app went away
+                    raise
+                # Our own cancellation at the drain deadline: tell the app, end normally.
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                await run.tell_shutdown()
             finally:
                 self.active -= 1
+                self._runs.discard(run)
+                if not self._runs:
+                    self._idle.set()
                 run.finish()
+
+    async def drain(self, grace: float) -> None:
+        """Stop taking requests; let streams run for ``grace`` seconds, then end the rest
+        with an explicit error (in-band for streams that started, 503 for the others)."""
+        self.draining = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace)
+        for run in list(self._runs):
+            run.stop_for_shutdown()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), 2.0)
 
 
 @dataclass
@@ -198,6 +223,8 @@ class _Run:
         self.content_upstream: UpstreamRuntime | None = None
         self.interrupted_at: float | None = None
         self.final_filter: AttemptFilter | None = None
+        self.task = asyncio.current_task()
+        self.stopped_for_shutdown = False
         self.not_before: dict[str, float] = {}  # provider push-back, per upstream
         self.skipped: tuple[str, str, int | None, float | None] | None = None
         self.deposited = False
@@ -580,6 +607,29 @@ class _Run:
         )
         s.outcome = Outcome.RECOVERED if s.interruptions else Outcome.COMPLETED
         s.completion_tokens = self.delivery.tokens_delivered
+
+    def stop_for_shutdown(self) -> None:
+        """Cancel this request's task because the daemon's drain deadline passed."""
+        self.stopped_for_shutdown = True
+        if self.task is not None:
+            self.task.cancel()
+
+    async def tell_shutdown(self) -> None:
+        """The drain deadline cut this request: say so, in-band if the stream started."""
+        s = self.summary
+        s.outcome = Outcome.FAILED
+        s.error_code = "daemon_shutdown"
+        s.status = 503
+        error = AppError(
+            status=503,
+            message="intact is shutting down and its drain deadline (server.drain_timeout) "
+            "ended this request",
+            type=STREAM_INTERRUPTED if self.sink.committed else "upstream_unavailable",
+            code="daemon_shutdown",
+            headers={} if self.sink.committed else {"Retry-After": "1"},
+        )
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.sink.fail(error), timeout=1.0)
 
     async def complete_at_token_limit(self) -> None:
         filt = self.delivery.attempt()
