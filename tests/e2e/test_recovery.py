@@ -357,3 +357,34 @@ async def test_break_right_after_the_max_tokens_th_token_ends_with_length(
     assert seen.error is None
     assert seen.text == expected.content
     assert seen.finish_reason == "length"
+
+
+@pytest.mark.parametrize("across", [False, True])
+async def test_resume_moves_to_the_next_upstream_only_when_allowed(
+    tmp_path: Path, across: bool
+) -> None:
+    async with (
+        fast_sim(tok_per_s=50.0) as primary,
+        fast_sim() as secondary,
+        daemon_for(
+            tmp_path,
+            [primary, secondary],
+            recovery={"resume_across_upstreams": across},
+            retry={"max_attempts": 4},
+        ) as d,
+    ):
+        primary.schedule_faults(["reset@10"])
+        task = asyncio.create_task(stream_chat(sdk(d.socket_path)))
+        while primary.stats.chat_requests == 0:
+            await asyncio.sleep(0.005)
+        primary.set_mode("down")  # the primary dies mid-answer
+        seen = await task
+        resumed_elsewhere = secondary.stats.requests_by_kind["prefill"]
+    if across:
+        assert seen.error is None and seen.text == EXPECTED.content
+        assert resumed_elsewhere == 1
+    else:
+        assert isinstance(seen.error, openai.APIError)
+        assert seen.error.code == "attempts_exhausted"
+        assert_prefix_of_answer(seen.text)
+        assert secondary.stats.chat_requests == 0
