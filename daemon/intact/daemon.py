@@ -28,6 +28,10 @@ from intact.unix_socket import bind_unix_socket, remove_socket_file, socket_inod
 
 log = structlog.get_logger("intact.daemon")
 
+# Pending connections the app socket queues before refusing; a burst of apps connecting at
+# once must not see resets (the kernel caps it at net.core.somaxconn).
+LISTEN_BACKLOG = 4096
+
 
 @dataclass
 class RunningDaemon:
@@ -62,7 +66,7 @@ async def running_daemon(
     relay = Relay(config, upstreams, telemetry, clock=clock)
     telemetry.observe_breakers(lambda: {u.name: u.breaker.state for u in upstreams})
     path = config.socket_path()
-    sock = bind_unix_socket(path, int(config.server.socket_mode, 8))
+    sock = bind_unix_socket(path, int(config.server.socket_mode, 8), backlog=LISTEN_BACKLOG)
     inode = socket_inode(path)
     runners: list[web.AppRunner] = []
     app_site: web.SockSite | None = None
@@ -80,7 +84,7 @@ async def running_daemon(
         )
         await runner.setup()
         runners.append(runner)
-        app_site = web.SockSite(runner, sock)
+        app_site = web.SockSite(runner, sock, backlog=LISTEN_BACKLOG)
         await app_site.start()
         admin_url = None
         if config.server.metrics_addr != "off":

@@ -178,3 +178,23 @@ async def test_api_key_is_injected_and_never_echoed(
         assert sim.stats.chat_requests == 1  # a 401 is final: never retried
     assert isinstance(bad.error, Exception) and getattr(bad.error, "status_code", None) == 401
     assert "sk-wrong-456" not in str(bad.error) and "sk-secret" not in str(bad.error)
+
+
+async def test_a_burst_of_connecting_apps_is_never_reset(tmp_path: Path) -> None:
+    import asyncio
+
+    import aiohttp
+
+    body = {"model": "sim-1", "messages": MESSAGES, "stream": True, "max_tokens": 5}
+    async with fast_sim() as sim, daemon_for(tmp_path, sim) as d:
+        connector = aiohttp.UnixConnector(d.socket_path, limit=0, force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def one() -> int:
+                async with session.post("http://intact/v1/chat/completions", json=body) as r:
+                    await r.read()
+                    return r.status
+
+            # 300 at once: within max_concurrent_streams (256) + max_queued (64).
+            statuses = await asyncio.gather(*(one() for _ in range(300)))
+    assert statuses == [200] * 300
