@@ -152,16 +152,14 @@ def main() -> int:
         sock = Path(tmp) / "intact.sock"
         results: list[tuple[str, str, str]] = []
         sim = [*INTACT, "simulate-upstream", "--port", str(port), "--ttft", "0", "--tok-per-s"]
-        daemon_cmd = [
-            *INTACT,
-            "run",
-            "--socket",
-            str(sock),
-            "--upstream",
-            f"http://127.0.0.1:{port}/v1",
-            "--metrics-addr",
-            "off",
-        ]
+        config = Path(tmp) / "intact.toml"
+        # Room for every benchmark stream at once: the bound is not what is measured here.
+        config.write_text(
+            f'[[upstreams]]\nname = "sim"\nbase_url = "http://127.0.0.1:{port}/v1"\n'
+            "max_concurrent_streams = 2048\n"
+        )
+        daemon_cmd = [*INTACT, "run", "--socket", str(sock), "--config", str(config),
+                      "--metrics-addr", "off"]  # fmt: skip
         env_quiet = {"INTACT_TELEMETRY__LOG_LEVEL": "warning"}
         os.environ.update(env_quiet)
 
@@ -230,7 +228,7 @@ def main() -> int:
             rss = rss_mib(daemon.pid)
         results.append(
             (
-                f"paced, {paced_streams} concurrent streams x 50 tok/s for {paced_seconds:g} s",
+                f"paced, {paced_streams} concurrent streams at 50 tok/s (answers of 30-250 tokens)",
                 f"{events / wall:,.0f} events/s relayed in {wall:.1f} s",
                 f"daemon CPU {100 * cpu / wall:.0f}% of one core ({cpu * 1e6 / events:.1f} "
                 f"us/event); RSS {rss0:.0f} -> {rss:.0f} MiB "
