@@ -1,0 +1,1089 @@
+"""Builds the Grafana dashboards in this folder; the JSON files are its output, kept in git.
+
+    .venv/bin/python dashboards/build_dashboards.py          # rewrite the JSON files
+    .venv/bin/python dashboards/build_dashboards.py --check  # exit 1 if they are stale
+
+Edit this file, not the JSON, and not in the Grafana UI: provisioning loads the files
+read-only. Metric names are the contract in daemon/intact/telemetry/metrics.py; the tests in
+tests/ops check every name and run every expression against a real Prometheus.
+Standard library only, for Grafana 11 (schemaVersion 39).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+SCHEMA_VERSION = 39
+DS = {"type": "prometheus", "uid": "${datasource}"}
+OVERVIEW_UID = "intact-overview"
+UPSTREAMS_UID = "intact-upstreams"
+
+# The seed story's interruption rate at peak, and IntactInterruptionRateHigh's threshold.
+BASELINE_INTERRUPTION_RATE = 0.032
+ALERT_INTERRUPTION_RATE = 0.10
+# 1 - the default stream-delivery objective of deploy/prometheus/intact-rules.yml.
+SLO_ERROR_BUDGET = 0.005
+
+GREEN, YELLOW, ORANGE, RED, BLUE = "green", "yellow", "orange", "red", "blue"
+OUTCOME_COLORS = {
+    "completed": GREEN,
+    "recovered": BLUE,
+    "failed": RED,
+    "rejected": ORANGE,
+    "cancelled": "text",
+}
+
+
+# --- queries --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Query:
+    expr: str
+    legend: str = "__auto"
+    instant: bool = False
+
+
+def selector(metric: str, **matchers: str) -> str:
+    """``metric{a=~"$a", b="x"}``; each matcher value is an operator and a quoted value, as
+    made by ``eq``, ``rx`` and ``not_rx``."""
+    parts = [f"{key}{value}" for key, value in matchers.items()]
+    return f"{metric}{{{', '.join(parts)}}}" if parts else metric
+
+
+def rate(metric: str, window: str = "$__rate_interval", **matchers: str) -> str:
+    return f"rate({selector(metric, **matchers)}[{window}])"
+
+
+def increase(metric: str, window: str, **matchers: str) -> str:
+    return f"increase({selector(metric, **matchers)}[{window}])"
+
+
+def sum_by(by: str, expr: str) -> str:
+    return f"sum by ({by}) ({expr})" if by else f"sum ({expr})"
+
+
+def transitions(**matchers: str) -> str:
+    """Breaker transitions per rate interval (bars read better than a rate of rare events)."""
+    return increase("intact_breaker_transitions_total", "$__rate_interval", **matchers)
+
+
+def quantile(q: float, bucket: str, by: str = "", **matchers: str) -> str:
+    labels = ", ".join(["le", *([by] if by else [])])
+    return f"histogram_quantile({q}, sum by ({labels}) ({rate(bucket, **matchers)}))"
+
+
+def eq(value: str) -> str:
+    return f'="{value}"'
+
+
+def rx(value: str) -> str:
+    return f'=~"{value}"'
+
+
+def not_rx(value: str) -> str:
+    return f'!~"{value}"'
+
+
+DELIVERED = rx("completed|recovered|failed")
+
+
+# --- panels ---------------------------------------------------------------------------------
+
+
+def thresholds(*steps: tuple[str, float | None]) -> dict[str, Any]:
+    return {
+        "mode": "absolute",
+        "steps": [{"color": color, "value": value} for color, value in steps],
+    }
+
+
+NO_THRESHOLDS = thresholds((GREEN, None))
+
+
+def color_override(name: str, color: str) -> dict[str, Any]:
+    return {
+        "matcher": {"id": "byName", "options": name},
+        "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": color}}],
+    }
+
+
+def dashed_override(name: str, color: str) -> dict[str, Any]:
+    override = color_override(name, color)
+    override["properties"] += [
+        {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+        {"id": "custom.fillOpacity", "value": 0},
+    ]
+    return override
+
+
+def upstream_link() -> list[dict[str, Any]]:
+    """Data link from a per-upstream series to the upstream drilldown dashboard."""
+    url = (
+        f"/d/{UPSTREAMS_UID}/intact-upstream?${{__url_time_range}}&${{datasource:queryparam}}"
+        "&${instance:queryparam}&var-upstream=${__field.labels.upstream}"
+    )
+    return [{"title": "Upstream ${__field.labels.upstream}", "url": url}]
+
+
+def targets(queries: Sequence[Query]) -> list[dict[str, Any]]:
+    return [
+        {
+            "datasource": DS,
+            "editorMode": "code",
+            "expr": q.expr,
+            "legendFormat": q.legend,
+            "range": not q.instant,
+            "instant": q.instant,
+            "refId": chr(ord("A") + i),
+        }
+        for i, q in enumerate(queries)
+    ]
+
+
+@dataclass
+class Panel:
+    """One panel before layout: ``width`` x ``height`` grid units."""
+
+    body: dict[str, Any]
+    width: int
+    height: int
+
+
+def timeseries(
+    title: str,
+    description: str,
+    queries: Sequence[Query],
+    *,
+    unit: str,
+    width: int = 12,
+    height: int = 8,
+    steps: dict[str, Any] = NO_THRESHOLDS,
+    threshold_lines: bool = False,
+    max_value: float | None = None,
+    overrides: Iterable[dict[str, Any]] = (),
+    links: Sequence[dict[str, Any]] = (),
+    bars: bool = False,
+    axis_label: str = "",
+) -> Panel:
+    custom: dict[str, Any] = {
+        "drawStyle": "bars" if bars else "line",
+        "lineWidth": 1,
+        "fillOpacity": 60 if bars else 10,
+        "gradientMode": "none",
+        "showPoints": "never",
+        "spanNulls": False,
+        "axisSoftMin": 0,
+        "axisLabel": axis_label,
+        "stacking": {"mode": "none", "group": "A"},
+        "thresholdsStyle": {"mode": "dashed" if threshold_lines else "off"},
+    }
+    defaults: dict[str, Any] = {
+        "unit": unit,
+        "min": 0,
+        "color": {"mode": "palette-classic"},
+        "custom": custom,
+        "thresholds": steps,
+        "links": list(links),
+    }
+    if max_value is not None:
+        defaults["max"] = max_value
+    body = {
+        "type": "timeseries",
+        "title": title,
+        "description": description,
+        "datasource": DS,
+        "targets": targets(queries),
+        "fieldConfig": {"defaults": defaults, "overrides": list(overrides)},
+        "options": {
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        },
+    }
+    return Panel(body, width, height)
+
+
+def stat(
+    title: str,
+    description: str,
+    query: Query,
+    *,
+    unit: str,
+    steps: dict[str, Any] = NO_THRESHOLDS,
+    decimals: int | None = None,
+    graph: bool = False,
+    width: int = 4,
+    height: int = 4,
+) -> Panel:
+    defaults: dict[str, Any] = {
+        "unit": unit,
+        "color": {"mode": "thresholds"},
+        "thresholds": steps,
+        "mappings": [],
+    }
+    if decimals is not None:
+        defaults["decimals"] = decimals
+    body = {
+        "type": "stat",
+        "title": title,
+        "description": description,
+        "datasource": DS,
+        "targets": targets([query]),
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "colorMode": "background" if steps is not NO_THRESHOLDS else "value",
+            "graphMode": "area" if graph else "none",
+            "justifyMode": "auto",
+            "orientation": "auto",
+            "textMode": "value",
+            "wideLayout": True,
+            "showPercentChange": False,
+        },
+    }
+    return Panel(body, width, height)
+
+
+BREAKER_MAPPINGS = [
+    {
+        "type": "value",
+        "options": {
+            "0": {"text": "closed", "color": GREEN, "index": 0},
+            "1": {"text": "half-open", "color": YELLOW, "index": 1},
+            "2": {"text": "open", "color": RED, "index": 2},
+        },
+    }
+]
+
+
+def breaker_timeline(title: str, description: str, query: Query, *, height: int = 6) -> Panel:
+    body = {
+        "type": "state-timeline",
+        "title": title,
+        "description": description,
+        "datasource": DS,
+        "targets": targets([query]),
+        "fieldConfig": {
+            "defaults": {
+                "unit": "none",
+                "min": 0,
+                "max": 2,
+                "color": {"mode": "thresholds"},
+                "mappings": BREAKER_MAPPINGS,
+                "thresholds": thresholds((GREEN, None), (YELLOW, 1), (RED, 2)),
+                "custom": {"fillOpacity": 80, "lineWidth": 0},
+            },
+            "overrides": [],
+        },
+        "options": {
+            "mergeValues": True,
+            "showValue": "auto",
+            "alignValue": "left",
+            "rowHeight": 0.9,
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+            "tooltip": {"mode": "single", "sort": "none"},
+        },
+    }
+    return Panel(body, 24, height)
+
+
+@dataclass
+class Row:
+    title: str
+    panels: list[Panel] = field(default_factory=list)
+
+
+def layout(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Place rows and their panels left to right, wrapping at 24 columns; number them."""
+    out: list[dict[str, Any]] = []
+    y = 0
+    next_id = 1
+    for row in rows:
+        out.append(
+            {
+                "type": "row",
+                "title": row.title,
+                "id": next_id,
+                "collapsed": False,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+                "panels": [],
+            }
+        )
+        next_id += 1
+        y += 1
+        x, line_height = 0, 0
+        for panel in row.panels:
+            if x + panel.width > 24:
+                x, y, line_height = 0, y + line_height, 0
+            body = {
+                "id": next_id,
+                "gridPos": {"h": panel.height, "w": panel.width, "x": x, "y": y},
+                **panel.body,
+            }
+            out.append(body)
+            next_id += 1
+            x += panel.width
+            line_height = max(line_height, panel.height)
+        y += line_height
+    return out
+
+
+# --- dashboards -----------------------------------------------------------------------------
+
+
+def datasource_variable() -> dict[str, Any]:
+    return {
+        "type": "datasource",
+        "name": "datasource",
+        "label": "Data source",
+        "query": "prometheus",
+        "current": {},
+        "hide": 0,
+        "includeAll": False,
+        "multi": False,
+        "options": [],
+        "refresh": 1,
+        "regex": "",
+    }
+
+
+def label_variable(
+    name: str, label: str, definition: str, *, multi: bool = True, description: str = ""
+) -> dict[str, Any]:
+    variable: dict[str, Any] = {
+        "type": "query",
+        "name": name,
+        "label": label,
+        "description": description,
+        "datasource": DS,
+        "definition": definition,
+        "query": {
+            "qryType": 1,
+            "query": definition,
+            "refId": "PrometheusVariableQueryEditor-VariableQuery",
+        },
+        "refresh": 2,
+        "regex": "",
+        "sort": 1,
+        "hide": 0,
+        "multi": multi,
+        "includeAll": multi,
+        "options": [],
+    }
+    if multi:
+        variable["allValue"] = ".*"
+        variable["current"] = {"selected": True, "text": ["All"], "value": ["$__all"]}
+    else:
+        variable["current"] = {}
+    return variable
+
+
+def dashboard(
+    *,
+    uid: str,
+    title: str,
+    description: str,
+    rows: Sequence[Row],
+    variables: list[dict[str, Any]],
+    annotations: list[dict[str, Any]],
+) -> dict[str, Any]:
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": ["intact"],
+        "editable": True,
+        "graphTooltip": 1,
+        "refresh": "30s",
+        "schemaVersion": SCHEMA_VERSION,
+        "time": {"from": "now-3h", "to": "now"},
+        "timepicker": {},
+        "timezone": "",
+        "fiscalYearStartMonth": 0,
+        "liveNow": False,
+        "weekStart": "",
+        "version": 1,
+        "links": [
+            {
+                "title": "intact dashboards",
+                "type": "dashboards",
+                "tags": ["intact"],
+                "asDropdown": True,
+                "includeVars": True,
+                "keepTime": True,
+                "icon": "external link",
+                "targetBlank": False,
+                "tooltip": "",
+                "url": "",
+            }
+        ],
+        "annotations": {
+            "list": [
+                {
+                    "builtIn": 1,
+                    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+                    "enable": True,
+                    "hide": True,
+                    "iconColor": "rgba(0, 211, 255, 1)",
+                    "name": "Annotations & Alerts",
+                    "type": "dashboard",
+                },
+                *annotations,
+            ]
+        },
+        "templating": {"list": variables},
+        "panels": layout(rows),
+    }
+
+
+def breaker_annotation(**matchers: str) -> dict[str, Any]:
+    expr = (
+        "sum by (upstream) ("
+        f"changes({selector('intact_breaker_transitions_total', to=eq('open'), **matchers)}[1m])"
+        ") > 0"
+    )
+    return {
+        "name": "Breaker opened",
+        "datasource": DS,
+        "enable": True,
+        "hide": False,
+        "iconColor": "red",
+        "expr": expr,
+        "step": "1m",
+        "titleFormat": "Breaker opened",
+        "textFormat": "upstream {{upstream}}",
+        "tagKeys": "upstream",
+        "useValueForTime": False,
+    }
+
+
+def overview() -> dict[str, Any]:
+    inst = rx("$instance")
+    ups = rx("$upstream")
+    model = rx("$model")
+    streams = {"instance": inst, "upstream": ups, "model": model}
+    per_upstream = {"instance": inst, "upstream": ups}
+    genai = {"instance": inst, "upstream": ups, "gen_ai_request_model": model}
+
+    def attempts(result: str) -> str:
+        return rate("intact_attempts_total", result=result, **per_upstream)
+
+    def stream_rate(outcomes: str, by: str = "") -> str:
+        return sum_by(by, rate("intact_streams_total", outcome=outcomes, **streams))
+
+    def stream_increase(outcomes: str) -> str:
+        return sum_by("", increase("intact_streams_total", "$__range", outcome=outcomes, **streams))
+
+    interruption_steps = thresholds(
+        (GREEN, None), (YELLOW, BASELINE_INTERRUPTION_RATE), (RED, ALERT_INTERRUPTION_RATE)
+    )
+
+    summary = Row(
+        "Overview",
+        [
+            stat(
+                "Streams",
+                "App requests per second that ended completed, recovered or failed (all "
+                "outcomes but rejected and cancelled).",
+                Query(stream_rate(DELIVERED)),
+                unit="reqps",
+                graph=True,
+            ),
+            stat(
+                "Interruption rate",
+                "Over the selected time range: (recovered + failed) / (completed + recovered "
+                "+ failed). Yellow from the 3.2% baseline of the seed deployment, red from "
+                "the 10% of IntactInterruptionRateHigh.",
+                Query(
+                    f"{stream_increase(rx('recovered|failed'))} / {stream_increase(DELIVERED)}",
+                    instant=True,
+                ),
+                unit="percentunit",
+                steps=interruption_steps,
+                decimals=2,
+            ),
+            stat(
+                "Saved by recovery",
+                "Over the selected time range: of the interrupted streams, the share intact "
+                "delivered whole anyway, recovered / (recovered + failed).",
+                Query(
+                    f"{stream_increase(eq('recovered'))} / "
+                    f"{stream_increase(rx('recovered|failed'))}",
+                    instant=True,
+                ),
+                unit="percentunit",
+                steps=thresholds((RED, None), (YELLOW, 0.9), (GREEN, 0.99)),
+                decimals=2,
+            ),
+            stat(
+                "Delivered whole",
+                "Over the selected time range: (completed + recovered) / (completed + "
+                "recovered + failed), the stream-delivery SLI. Green at the 99.5% objective "
+                "of the IntactStreamsFailing alerts.",
+                Query(
+                    f"{stream_increase(rx('completed|recovered'))} / {stream_increase(DELIVERED)}",
+                    instant=True,
+                ),
+                unit="percentunit",
+                steps=thresholds((RED, None), (GREEN, 1 - SLO_ERROR_BUDGET)),
+                decimals=2,
+            ),
+            stat(
+                "Open breakers",
+                "Upstreams (per intact instance) whose circuit breaker is open right now. "
+                "Requests skip them, or get 503 upstream_unavailable when none is left.",
+                Query(
+                    "count(max by (instance, upstream) "
+                    f"({selector('intact_breaker_state', **per_upstream)}) == 2) or vector(0)",
+                    instant=True,
+                ),
+                unit="none",
+                steps=thresholds((GREEN, None), (RED, 1)),
+            ),
+            stat(
+                "Active streams",
+                "App requests being served right now, over the selected instances (not split "
+                "by upstream or model).",
+                Query(f"sum({selector('intact_active_streams', instance=inst)})"),
+                unit="none",
+                graph=True,
+            ),
+        ],
+    )
+
+    interruptions = Row(
+        "Interruptions",
+        [
+            timeseries(
+                "Interruption rate by upstream",
+                "(recovered + failed) / (completed + recovered + failed) per upstream: how "
+                "often a stream broke, whether or not intact saved it. Dashed lines: the "
+                "3.2% baseline of the seed deployment and the 10% of "
+                "IntactInterruptionRateHigh.",
+                [
+                    Query(
+                        f"{stream_rate(rx('recovered|failed'), 'upstream')} / "
+                        f"{stream_rate(DELIVERED, 'upstream')}",
+                        "{{upstream}}",
+                    ),
+                    Query(
+                        f"{stream_rate(rx('recovered|failed'))} / {stream_rate(DELIVERED)}",
+                        "all upstreams",
+                    ),
+                ],
+                unit="percentunit",
+                width=8,
+                steps=interruption_steps,
+                threshold_lines=True,
+                links=upstream_link(),
+            ),
+            timeseries(
+                "Interruptions by kind",
+                "Failed upstream attempts per second by what went wrong (reset, stall, "
+                "first_token_timeout, http_429, http_5xx, ...). Not stacked: kinds differ by "
+                "orders of magnitude. Not split by model.",
+                [
+                    Query(
+                        f"sum by (kind) ({rate('intact_interruptions_total', **per_upstream)})",
+                        "{{kind}}",
+                    )
+                ],
+                unit="cps",
+                width=8,
+                axis_label="interruptions / s",
+            ),
+            timeseries(
+                "Failed-stream ratio",
+                "failed / (completed + recovered + failed): streams that ended in an explicit "
+                "error. The dashed line is the error budget of the stream-delivery SLO, from "
+                "the recording rule intact:stream_delivery_slo:objective (shown only where "
+                "deploy/prometheus/intact-rules.yml is loaded).",
+                [
+                    Query(f"{stream_rate(eq('failed'))} / {stream_rate(DELIVERED)}", "failed"),
+                    Query("1 - intact:stream_delivery_slo:objective", "SLO error budget"),
+                ],
+                unit="percentunit",
+                width=8,
+                steps=thresholds((GREEN, None), (RED, SLO_ERROR_BUDGET)),
+                overrides=[dashed_override("SLO error budget", RED)],
+            ),
+            timeseries(
+                "Recovered vs failed streams",
+                "Interrupted streams per second: recovered (delivered whole after a resume "
+                "or retry) and failed (the app got an explicit error).",
+                [
+                    Query(stream_rate(eq("recovered")), "recovered"),
+                    Query(stream_rate(eq("failed")), "failed"),
+                ],
+                unit="reqps",
+                overrides=[color_override("recovered", BLUE), color_override("failed", RED)],
+            ),
+            timeseries(
+                "Streams by outcome",
+                "App requests per second by how they ended: completed, recovered, failed, "
+                "rejected (an upstream 4xx passed through) and cancelled (the app went away).",
+                [Query(stream_rate(rx(".+"), "outcome"), "{{outcome}}")],
+                unit="reqps",
+                overrides=[color_override(o, c) for o, c in OUTCOME_COLORS.items()],
+            ),
+        ],
+    )
+
+    recovery = Row(
+        "Recovery",
+        [
+            timeseries(
+                "Recovered tokens",
+                "Tokens per second that reached apps through resume attempts: the text "
+                "recovery saved from being lost. Not split by model.",
+                [
+                    Query(
+                        sum_by("upstream", rate("intact_recovered_tokens_total", **per_upstream)),
+                        "{{upstream}}",
+                    )
+                ],
+                unit="suffix: tok/s",
+                links=upstream_link(),
+            ),
+            timeseries(
+                "Recovery duration",
+                "From an interruption to the first continuation text delivered to the app "
+                "(backoff plus the resume's time to first token), p50 and p95.",
+                [
+                    Query(
+                        quantile(0.5, "intact_recovery_duration_seconds_bucket", **per_upstream),
+                        "p50",
+                    ),
+                    Query(
+                        quantile(0.95, "intact_recovery_duration_seconds_bucket", **per_upstream),
+                        "p95",
+                    ),
+                ],
+                unit="s",
+            ),
+            timeseries(
+                "Attempts by reason and result",
+                "Upstream attempts per second: initial, retry (before any text reached the "
+                "app) or resume (after), by result (success, an interruption kind, "
+                "cancelled).",
+                [
+                    Query(
+                        sum_by("reason, result", rate("intact_attempts_total", **per_upstream)),
+                        "{{reason}}: {{result}}",
+                    )
+                ],
+                unit="ops",
+            ),
+            timeseries(
+                "Resume share",
+                "Resumes as a share of all upstream attempts, and the share of resumes that "
+                "succeeded. A falling success share points at a resume mode the upstream "
+                "handles badly.",
+                [
+                    Query(
+                        sum_by(
+                            "", rate("intact_attempts_total", reason=eq("resume"), **per_upstream)
+                        )
+                        + " / "
+                        + sum_by("", rate("intact_attempts_total", **per_upstream)),
+                        "resumes / all attempts",
+                    ),
+                    Query(
+                        "sum ("
+                        + rate(
+                            "intact_attempts_total",
+                            reason=eq("resume"),
+                            result=eq("success"),
+                            **per_upstream,
+                        )
+                        + ") / sum ("
+                        + rate("intact_attempts_total", reason=eq("resume"), **per_upstream)
+                        + ")",
+                        "resumes that succeeded",
+                    ),
+                ],
+                unit="percentunit",
+                max_value=1,
+            ),
+        ],
+    )
+
+    health = Row(
+        "Upstream health",
+        [
+            breaker_timeline(
+                "Circuit breaker state",
+                "Breaker state per upstream: closed, half-open (probing) or open (requests "
+                "skip it). With several instances selected, the worst state is shown.",
+                Query(
+                    f"max by (upstream) ({selector('intact_breaker_state', **per_upstream)})",
+                    "{{upstream}}",
+                ),
+            ),
+            timeseries(
+                "Breaker transitions",
+                "Circuit breaker transitions by upstream and target state, per rate interval. "
+                "Repeated open/closed pairs mean a flapping upstream.",
+                [
+                    Query(
+                        sum_by("upstream, to", transitions(**per_upstream)),
+                        "{{upstream}} → {{to}}",
+                    )
+                ],
+                unit="short",
+                width=6,
+                bars=True,
+            ),
+            timeseries(
+                "Retry budget exhausted",
+                "Retries and resumes per second refused because the upstream's retry budget "
+                "was spent; the request failed over or ended with retry_budget_exhausted.",
+                [
+                    Query(
+                        "sum by (upstream) ("
+                        f"{rate('intact_retry_budget_exhausted_total', **per_upstream)})",
+                        "{{upstream}}",
+                    )
+                ],
+                unit="cps",
+                width=6,
+                steps=thresholds((GREEN, None), (RED, 0.000001)),
+                axis_label="refused / s",
+                links=upstream_link(),
+            ),
+            timeseries(
+                "Attempt failure ratio",
+                "Failed upstream attempts / all attempts per upstream (cancelled attempts "
+                "left out): roughly what the circuit breaker judges (it ignores 429s).",
+                [
+                    Query(
+                        sum_by("upstream", attempts(not_rx("success|cancelled")))
+                        + " / "
+                        + sum_by("upstream", attempts(not_rx("cancelled"))),
+                        "{{upstream}}",
+                    )
+                ],
+                unit="percentunit",
+                width=6,
+                max_value=1,
+                steps=thresholds((GREEN, None), (YELLOW, 0.1), (RED, 0.5)),
+                links=upstream_link(),
+            ),
+            timeseries(
+                "Active streams",
+                "App requests being served right now, per intact instance.",
+                [
+                    Query(
+                        f"sum by (instance) ({selector('intact_active_streams', instance=inst)})",
+                        "{{instance}}",
+                    )
+                ],
+                unit="short",
+                width=6,
+            ),
+        ],
+    )
+
+    ttfc = "gen_ai_client_operation_time_to_first_chunk_seconds_bucket"
+    op = "gen_ai_client_operation_duration_seconds_bucket"
+    latency = Row(
+        "Latency",
+        [
+            timeseries(
+                "Time to first chunk",
+                "GenAI client metric: from sending an upstream attempt to its first chunk, "
+                "p50, p95 and p99 over all attempts (resumes included).",
+                [
+                    Query(quantile(q, ttfc, **genai), f"p{round(q * 100)}")
+                    for q in (0.5, 0.95, 0.99)
+                ],
+                unit="s",
+            ),
+            timeseries(
+                "Upstream attempt duration",
+                "GenAI client metric gen_ai.client.operation.duration: one upstream attempt "
+                "from request to its end or failure, p50, p95 and p99.",
+                [Query(quantile(q, op, **genai), f"p{round(q * 100)}") for q in (0.5, 0.95, 0.99)],
+                unit="s",
+            ),
+            timeseries(
+                "Stream duration by outcome",
+                "Whole app requests, every attempt and backoff included, p50 and p95 by "
+                "outcome. Recovered streams take longer by the recovery time. Not split by "
+                "model.",
+                [
+                    Query(
+                        quantile(
+                            q, "intact_stream_duration_seconds_bucket", "outcome", **per_upstream
+                        ),
+                        f"p{round(q * 100)} {{{{outcome}}}}",
+                    )
+                    for q in (0.5, 0.95)
+                ],
+                unit="s",
+            ),
+            timeseries(
+                "Token usage",
+                "Input and output tokens per second as reported by the upstreams' usage "
+                "(GenAI client metric gen_ai.client.token.usage).",
+                [
+                    Query(
+                        "sum by (gen_ai_token_type) ("
+                        f"{rate('gen_ai_client_token_usage_sum', **genai)})",
+                        "{{gen_ai_token_type}}",
+                    )
+                ],
+                unit="suffix: tok/s",
+            ),
+        ],
+    )
+
+    return dashboard(
+        uid=OVERVIEW_UID,
+        title="Intact / Overview",
+        description=(
+            "intact relays streaming chat completions and recovers broken streams. "
+            "Interruptions, recovery, upstream health and latency across upstreams."
+        ),
+        rows=[summary, interruptions, recovery, health, latency],
+        variables=[
+            datasource_variable(),
+            label_variable(
+                "instance",
+                "Instance",
+                "label_values(intact_breaker_state, instance)",
+                description="intact daemons (admin listener addresses)",
+            ),
+            label_variable(
+                "upstream",
+                "Upstream",
+                'label_values(intact_breaker_state{instance=~"$instance"}, upstream)',
+            ),
+            label_variable(
+                "model",
+                "Model",
+                'label_values(intact_streams_total{instance=~"$instance", upstream=~"$upstream"}, '
+                "model)",
+                description="Request model (capped per upstream; later models show as 'other')",
+            ),
+        ],
+        annotations=[breaker_annotation(instance=inst, upstream=ups)],
+    )
+
+
+def upstreams() -> dict[str, Any]:
+    inst = rx("$instance")
+    one = {"instance": inst, "upstream": eq("$upstream")}
+
+    def stream_rate(outcomes: str, by: str = "") -> str:
+        return sum_by(by, rate("intact_streams_total", outcome=outcomes, **one))
+
+    streams = Row(
+        "Streams",
+        [
+            timeseries(
+                "Streams by outcome and model",
+                "App requests per second served by this upstream, by outcome and model.",
+                [Query(stream_rate(rx(".+"), "outcome, model"), "{{outcome}} {{model}}")],
+                unit="reqps",
+            ),
+            timeseries(
+                "Interruption rate",
+                "(recovered + failed) / (completed + recovered + failed) for this upstream. "
+                "Dashed lines: the 3.2% baseline and the 10% of IntactInterruptionRateHigh.",
+                [
+                    Query(
+                        f"{stream_rate(rx('recovered|failed'))} / {stream_rate(DELIVERED)}",
+                        "interruption rate",
+                    )
+                ],
+                unit="percentunit",
+                steps=thresholds(
+                    (GREEN, None),
+                    (YELLOW, BASELINE_INTERRUPTION_RATE),
+                    (RED, ALERT_INTERRUPTION_RATE),
+                ),
+                threshold_lines=True,
+            ),
+        ],
+    )
+    attempts = Row(
+        "Attempts",
+        [
+            timeseries(
+                "Attempts by reason and result",
+                "Attempts per second to this upstream: initial, retry or resume, by result.",
+                [
+                    Query(
+                        f"sum by (reason, result) ({rate('intact_attempts_total', **one)})",
+                        "{{reason}}: {{result}}",
+                    )
+                ],
+                unit="ops",
+            ),
+            timeseries(
+                "Interruptions by kind",
+                "Failed attempts per second to this upstream by kind.",
+                [
+                    Query(
+                        f"sum by (kind) ({rate('intact_interruptions_total', **one)})",
+                        "{{kind}}",
+                    )
+                ],
+                unit="cps",
+                axis_label="interruptions / s",
+            ),
+        ],
+    )
+    breaker = Row(
+        "Circuit breaker and retry budget",
+        [
+            breaker_timeline(
+                "Circuit breaker state",
+                "This upstream's breaker on each intact instance: closed, half-open or open.",
+                Query(
+                    f"max by (instance) ({selector('intact_breaker_state', **one)})",
+                    "{{instance}}",
+                ),
+            ),
+            timeseries(
+                "Breaker transitions",
+                "Transitions per rate interval by target state and instance.",
+                [
+                    Query(
+                        sum_by("instance, to", transitions(**one)),
+                        "{{instance}} → {{to}}",
+                    )
+                ],
+                unit="short",
+                bars=True,
+            ),
+            timeseries(
+                "Retry budget exhausted",
+                "Retries and resumes per second refused because this upstream's retry budget "
+                "was spent, per instance.",
+                [
+                    Query(
+                        f"sum by (instance) ({rate('intact_retry_budget_exhausted_total', **one)})",
+                        "{{instance}}",
+                    )
+                ],
+                unit="cps",
+                steps=thresholds((GREEN, None), (RED, 0.000001)),
+                axis_label="refused / s",
+            ),
+        ],
+    )
+    ttfc = "gen_ai_client_operation_time_to_first_chunk_seconds_bucket"
+    op = "gen_ai_client_operation_duration_seconds_bucket"
+    latency = Row(
+        "Latency and tokens",
+        [
+            timeseries(
+                "Time to first chunk by model",
+                "p50 and p95 from sending an attempt to its first chunk, per model.",
+                [
+                    Query(
+                        quantile(q, ttfc, "gen_ai_request_model", **one),
+                        f"p{round(q * 100)} {{{{gen_ai_request_model}}}}",
+                    )
+                    for q in (0.5, 0.95)
+                ],
+                unit="s",
+            ),
+            timeseries(
+                "Attempt duration by error type",
+                "p95 duration of attempts by how they ended (error.type; 'success' when "
+                "none): fast failures are refusals, slow ones timeouts.",
+                [
+                    Query(
+                        "label_replace("
+                        + quantile(0.95, op, "error_type", **one)
+                        + ', "error_type", "success", "error_type", "")',
+                        "{{error_type}}",
+                    )
+                ],
+                unit="s",
+            ),
+            timeseries(
+                "Recovery duration",
+                "Interruption to first continuation text delivered, p50 and p95.",
+                [
+                    Query(
+                        quantile(q, "intact_recovery_duration_seconds_bucket", **one),
+                        f"p{round(q * 100)}",
+                    )
+                    for q in (0.5, 0.95)
+                ],
+                unit="s",
+            ),
+            timeseries(
+                "Tokens by type and model",
+                "Input and output tokens per second reported by this upstream, and the "
+                "tokens per second recovery delivered through resumes.",
+                [
+                    Query(
+                        "sum by (gen_ai_token_type, gen_ai_request_model) ("
+                        f"{rate('gen_ai_client_token_usage_sum', **one)})",
+                        "{{gen_ai_token_type}} {{gen_ai_request_model}}",
+                    ),
+                    Query(
+                        f"sum ({rate('intact_recovered_tokens_total', **one)})",
+                        "recovered (output)",
+                    ),
+                ],
+                unit="suffix: tok/s",
+            ),
+        ],
+    )
+    return dashboard(
+        uid=UPSTREAMS_UID,
+        title="Intact / Upstream",
+        description="One intact upstream in detail: streams, attempts, breaker, budget, latency.",
+        rows=[streams, attempts, breaker, latency],
+        variables=[
+            datasource_variable(),
+            label_variable("instance", "Instance", "label_values(intact_breaker_state, instance)"),
+            label_variable(
+                "upstream",
+                "Upstream",
+                'label_values(intact_breaker_state{instance=~"$instance"}, upstream)',
+                multi=False,
+            ),
+        ],
+        annotations=[breaker_annotation(instance=inst, upstream=eq("$upstream"))],
+    )
+
+
+DASHBOARDS = {"intact-overview.json": overview, "intact-upstreams.json": upstreams}
+
+
+def render(build: Any) -> str:
+    return json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: Sequence[str]) -> int:
+    check = "--check" in argv
+    stale = []
+    for name, build in DASHBOARDS.items():
+        path = HERE / name
+        text = render(build)
+        if check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(name)
+        else:
+            path.write_text(text)
+    if stale:
+        print(f"stale: {', '.join(stale)}; run dashboards/build_dashboards.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
