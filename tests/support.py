@@ -4,7 +4,7 @@ collectors that record exactly what an app saw."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import openai
 
-from intact.config import Config, build_config
+from intact.config import Config, build_config, merge_tables
 from intact.daemon import RunningDaemon, running_daemon
 from intact.simulator import SimulatedUpstream, SimulatorSettings
 from intact.telemetry.api import Telemetry
@@ -20,16 +20,6 @@ from intact.telemetry.api import Telemetry
 FAST_SIM = SimulatorSettings(tok_per_s=0, ttft=0.0, seed=1, repeat_prob=0.0)
 
 MESSAGES = [{"role": "user", "content": "Tell me how intact keeps streams whole."}]
-
-
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def fast_config(tmp_path: Path, upstreams: list[dict[str, Any]], **over: Any) -> Config:
@@ -49,7 +39,7 @@ def fast_config(tmp_path: Path, upstreams: list[dict[str, Any]], **over: Any) ->
         },
         "upstreams": upstreams,
     }
-    return build_config(_merge(raw, over))
+    return build_config(merge_tables(raw, over))
 
 
 @contextlib.asynccontextmanager

@@ -379,11 +379,12 @@ def _build(cls: type[Any], raw: Mapping[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+def merge_tables(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge raw config tables: values in ``over`` win, nested tables merge key by key."""
     out = dict(base)
     for key, value in over.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_tables(out[key], value)
         else:
             out[key] = value
     return out
@@ -411,7 +412,7 @@ def build_config(raw: Mapping[str, Any]) -> Config:
         # Each upstream inherits the global [retry]/[stream]/[breaker] and overrides per key.
         resolved = dict(up)
         for name in _OVERRIDABLE:
-            resolved[name] = _merge(raw.get(name, {}), up.get(name, {}) or {})
+            resolved[name] = merge_tables(raw.get(name, {}), up.get(name, {}) or {})
         upstreams.append(_build(UpstreamConfig, resolved, f"upstreams[{i}]."))
     names = [u.name for u in upstreams]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -527,7 +528,7 @@ def resolve(
     env_overlay, env_short = env_overrides(environ)
     config_path = overrides.config or env_short.get("config")
     raw: dict[str, Any] = load_toml(config_path) if config_path else {}
-    raw = _merge(raw, env_overlay)
+    raw = merge_tables(raw, env_overlay)
     # Env shortcuts first, then flags, so flags win. A flag-given upstream replaces the
     # env-given one together with its api_key_env/resume.
     flag_opts = {k: v for k, v in dataclasses.asdict(overrides).items() if k != "config"}
@@ -614,6 +615,7 @@ __all__ = [
     "TelemetryConfig",
     "UpstreamConfig",
     "build_config",
+    "merge_tables",
     "reference_markdown",
     "resolve",
     "to_dict",

@@ -24,22 +24,12 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
-from intact.config import Config, build_config
+from intact.config import Config, build_config, merge_tables
 from intact.daemon import RunningDaemon, running_daemon
 from intact.telemetry.runtime import TelemetryRuntime
 
 MESSAGES: Any = [{"role": "user", "content": "Tell me a story about a lighthouse."}]
 FAST_SIM: dict[str, Any] = {"tok_per_s": 0.0, "ttft": 0.0, "repeat_prob": 0.0, "seed": 3}
-
-
-def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def daemon_config(tmp_path: Path, base_url: str, **over: Any) -> Config:
@@ -51,7 +41,7 @@ def daemon_config(tmp_path: Path, base_url: str, **over: Any) -> Config:
         "telemetry": {"log_format": "json"},
         "upstreams": [{"name": "sim", "base_url": base_url}],
     }  # fmt: skip
-    return build_config(merge(raw, over))
+    return build_config(merge_tables(raw, over))
 
 
 @dataclass

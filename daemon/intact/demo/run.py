@@ -17,14 +17,13 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
 from rich.live import Live
 
-from intact.config import Config, build_config, load_toml
+from intact.config import Config, build_config, load_toml, merge_tables
 from intact.daemon import RunningDaemon, running_daemon
 from intact.demo.loadgen import (
     ConversationMix,
@@ -134,7 +133,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def demo_config(opts: DemoOptions, upstream_url: str, socket_path: str) -> Config:
     """DEMO_DEFAULTS < the --config file < the demo's own socket, admin address, upstream."""
-    raw = _merge(DEMO_DEFAULTS, load_toml(opts.config_file) if opts.config_file else {})
+    raw = merge_tables(DEMO_DEFAULTS, load_toml(opts.config_file) if opts.config_file else {})
     raw["server"] = {
         **raw.get("server", {}),
         "socket": socket_path,
@@ -142,16 +141,6 @@ def demo_config(opts: DemoOptions, upstream_url: str, socket_path: str) -> Confi
     }
     raw["upstreams"] = [{"name": UPSTREAM_NAME, "base_url": upstream_url, "resume": "prefill"}]
     return build_config(raw)
-
-
-def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 async def _main(opts: DemoOptions, sim_settings: SimulatorSettings) -> int:

@@ -11,11 +11,11 @@ so no other task can observe a half-made state change.
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Callable
 
 from intact.clock import SYSTEM_CLOCK, Clock
 from intact.config import BreakerConfig
+from intact.resilience.window import BucketRing
 
 # The window is split into this many time buckets: memory stays bounded whatever the call
 # rate, and a call leaves the window between window*(1 - 1/20) and window after it happened.
@@ -40,55 +40,38 @@ class CallOutcome(enum.Enum):
 
 TransitionCallback = Callable[[str, BreakerState, BreakerState], None]
 
+_CALLS, _FAILURES = 0, 1
+
 
 class _OutcomeWindow:
-    """Calls and failures over a sliding time window, kept as a ring of time buckets.
+    """Calls and failures over the breaker's sliding time window."""
 
-    Buckets are evicted by subtracting them from running totals as time moves on, so both
-    recording and reading are O(1) amortised.
-    """
-
-    __slots__ = ("_calls", "_failures", "_head", "_width", "calls", "failures")
+    __slots__ = ("_ring",)
 
     def __init__(self, window: float, now: float) -> None:
-        self._width = window / WINDOW_BUCKETS
-        self._calls = [0] * WINDOW_BUCKETS
-        self._failures = [0] * WINDOW_BUCKETS
-        self._head = self._index(now)
-        self.calls = 0
-        self.failures = 0
+        self._ring = BucketRing(
+            span=window, buckets=WINDOW_BUCKETS, ring=WINDOW_BUCKETS, series=2, now=now
+        )
 
-    def _index(self, now: float) -> int:
-        return math.floor(now / self._width)
+    @property
+    def calls(self) -> int:
+        return self._ring.totals[_CALLS]
+
+    @property
+    def failures(self) -> int:
+        return self._ring.totals[_FAILURES]
 
     def advance(self, now: float) -> None:
-        """Drop the buckets that have slid out of the window by ``now``."""
-        index = self._index(now)
-        if index <= self._head:  # same bucket (or a clock that stepped back)
-            return
-        if index - self._head >= WINDOW_BUCKETS:
-            self._calls = [0] * WINDOW_BUCKETS
-            self._failures = [0] * WINDOW_BUCKETS
-            self.calls = self.failures = 0
-        else:
-            for expired in range(self._head + 1, index + 1):
-                slot = expired % WINDOW_BUCKETS
-                self.calls -= self._calls[slot]
-                self.failures -= self._failures[slot]
-                self._calls[slot] = self._failures[slot] = 0
-        self._head = index
+        self._ring.advance(now)
 
     def record(self, now: float, failed: bool) -> None:
-        self.advance(now)
-        slot = self._head % WINDOW_BUCKETS
-        self._calls[slot] += 1
-        self.calls += 1
+        self._ring.add(_CALLS, now)
         if failed:
-            self._failures[slot] += 1
-            self.failures += 1
+            self._ring.add(_FAILURES, now)
 
     def failure_rate(self) -> float:
-        return self.failures / self.calls if self.calls else 0.0
+        calls = self.calls
+        return self.failures / calls if calls else 0.0
 
 
 class BreakerPermit:

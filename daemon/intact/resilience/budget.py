@@ -18,11 +18,13 @@ import math
 
 from intact.clock import SYSTEM_CLOCK, Clock
 from intact.config import RetryConfig
+from intact.resilience.window import BucketRing
 
 # Buckets per ttl; the ring keeps one more so withdrawals can be counted over >= ttl while
 # deposits are counted over <= ttl.
 BUDGET_BUCKETS = 20
 _RING = BUDGET_BUCKETS + 1
+_DEPOSITS, _WITHDRAWALS = 0, 1
 # ratio * deposits is a float product (0.29 * 100 == 28.999999999999996); without this slack
 # the last whole token would sometimes be refused.
 _EPSILON = 1e-9
@@ -52,11 +54,12 @@ class RetryBudget:
         self.ttl = ttl
         self.reserve = min_per_second * ttl
         self._clock = clock
-        self._deposits = [0] * _RING
-        self._withdrawals = [0] * _RING
-        self._deposits_total = 0  # over the whole ring (ttl + one bucket)
-        self._withdrawals_total = 0
-        self._head = self._index(clock.monotonic())
+        # One bucket more than ttl: deposits count over at most ttl (the newest
+        # BUDGET_BUCKETS buckets), withdrawals over at least ttl (the whole ring), so
+        # bucketing can only ever refuse a retry, never grant an extra one.
+        self._ring = BucketRing(
+            span=ttl, buckets=BUDGET_BUCKETS, ring=_RING, series=2, now=clock.monotonic()
+        )
         self._exhausted = 0
 
     @classmethod
@@ -76,23 +79,20 @@ class RetryBudget:
 
     def deposit(self) -> None:
         """Record one app request (call once per request, not per attempt)."""
-        self._advance()
-        self._deposits[self._head % _RING] += 1
-        self._deposits_total += 1
+        self._ring.add(_DEPOSITS, self._clock.monotonic())
 
     def try_withdraw(self) -> bool:
         """Take one token for a retry or resume; False (and counted) when the budget is spent."""
         if self.balance() + _EPSILON < 1.0:
             self._exhausted += 1
             return False
-        self._withdrawals[self._head % _RING] += 1
-        self._withdrawals_total += 1
+        self._ring.add(_WITHDRAWALS, self._clock.monotonic())
         return True
 
     def balance(self) -> float:
         """Tokens available now; briefly negative while spent deposits expire before their use."""
-        self._advance()
-        return self.reserve + self.ratio * self._recent_deposits() - self._withdrawals_total
+        self._ring.advance(self._clock.monotonic())
+        return self.reserve + self.ratio * self._recent_deposits() - self._withdrawals()
 
     def snapshot(self) -> dict[str, object]:
         """Plain data for /debug/state."""
@@ -104,34 +104,16 @@ class RetryBudget:
             "reserve": self.reserve,
             "balance": balance,
             "deposits": self._recent_deposits(),
-            "withdrawals": self._withdrawals_total,
+            "withdrawals": self._withdrawals(),
             "exhausted": self._exhausted,
         }
 
-    def _index(self, now: float) -> int:
-        # now * n / ttl rather than now / (ttl / n): one rounding instead of two.
-        return math.floor(now * BUDGET_BUCKETS / self.ttl)
-
     def _recent_deposits(self) -> int:
         """Deposits of the newest BUDGET_BUCKETS buckets, i.e. within the last ttl."""
-        oldest = (self._head + 1) % _RING  # head - BUDGET_BUCKETS, modulo the ring
-        return self._deposits_total - self._deposits[oldest]
+        return self._ring.totals[_DEPOSITS] - self._ring.oldest(_DEPOSITS)
 
-    def _advance(self) -> None:
-        index = self._index(self._clock.monotonic())
-        if index <= self._head:  # same bucket (or a clock that stepped back)
-            return
-        if index - self._head >= _RING:
-            self._deposits = [0] * _RING
-            self._withdrawals = [0] * _RING
-            self._deposits_total = self._withdrawals_total = 0
-        else:
-            for expired in range(self._head + 1, index + 1):
-                slot = expired % _RING
-                self._deposits_total -= self._deposits[slot]
-                self._withdrawals_total -= self._withdrawals[slot]
-                self._deposits[slot] = self._withdrawals[slot] = 0
-        self._head = index
+    def _withdrawals(self) -> int:
+        return self._ring.totals[_WITHDRAWALS]
 
 
 __all__ = ["BUDGET_BUCKETS", "RetryBudget"]
