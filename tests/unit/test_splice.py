@@ -51,9 +51,16 @@ def test_restart_from_the_beginning_is_dropped() -> None:
     assert splice(sent, [sent[:10], sent[10:], ": close it."]) == sent + ": close it."
 
 
+def test_repeat_of_a_short_trailing_word_fragment_is_dropped() -> None:
+    # An instruct-style model restarts the word it was cut in: "capi" + "capital".
+    assert splice("It is the capi", ["capital of France."]) == "It is the capital of France."
+    assert splice("So I", [" I think so."]) == "So I think so."
+
+
 def test_short_coincidental_overlap_is_kept() -> None:
-    # "is" repeated is shorter than min_overlap_chars: natural text, not a repeat.
-    assert splice("What it is", ["is is not."]) == "What it isis is not."
+    # "to it" is shorter than min_overlap_chars and more than the trailing word: it cannot be
+    # told from natural text, so it is kept.
+    assert splice("He said no to it", ["to it."]) == "He said no to itto it."
 
 
 def test_repeat_after_a_leading_space_is_dropped() -> None:
@@ -113,7 +120,7 @@ def _boundaries(text: str, lo: int, hi: int) -> list[int]:
     answer=_answers(),
     cut=st.floats(0.02, 0.98),
     sizes=st.lists(st.integers(1, 12), max_size=60),
-    behaviour=st.sampled_from(["none", "repeat", "restart", "repeat_ws"]),
+    behaviour=st.sampled_from(["none", "repeat", "restart", "repeat_ws", "repeat_word"]),
     pick=st.integers(0, 10**6),
 )
 def test_spliced_text_equals_the_answer(
@@ -126,6 +133,10 @@ def test_spliced_text_equals_the_answer(
         cont = rest
     elif behaviour == "restart":
         cont = answer
+    elif behaviour == "repeat_word":
+        # An instruct-style model restarts the word it was cut in.
+        fragment = "" if sent[-1].isspace() else sent.split()[-1]
+        cont = fragment + rest
     else:
         starts = [j for j in _boundaries(sent, max(0, k - 40), k) if k - j >= 10] or [0]
         j = starts[pick % len(starts)]

@@ -40,6 +40,7 @@ class ContinuationSplicer:
         "_completed",
         "_decided",
         "_held",
+        "_last_word",
         "_limits",
         "_longest_dead",
         "_matched",
@@ -53,6 +54,8 @@ class ContinuationSplicer:
         self._limits = limits
         self._norm = _collapse(sent.lstrip())
         self._trailing_ws = sent[len(sent.rstrip()) :]
+        # Length of the final word fragment (0 when the partial ends with whitespace).
+        self._last_word = 0 if self._norm.endswith(" ") else len(self._norm.rsplit(" ", 1)[-1])
         self._held: list[str] = []
         self._matched = 0  # collapsed continuation chars compared so far
         self._prev_space = True  # so leading whitespace of the continuation is skipped
@@ -130,11 +133,15 @@ class ContinuationSplicer:
         held = "".join(self._held)
         self._held = []
         limits = self._limits
-        # A tail repeat must be long enough not to be natural text; a restart from the very
-        # beginning that re-emits all of a short partial answer counts at any length.
+        # A tail repeat must be long enough not to be natural text. Two short repeats count
+        # at any length: a restart that re-emits all of a short partial answer, and a repeat
+        # of the partial's trailing word fragment ("the capi" + "capital"), since a natural
+        # continuation never starts by doubling the word it is in the middle of.
         whole = len(self._norm)
+        exempt = {whole, self._last_word}
         best = max(
-            (n for n in self._completed if n >= limits.min_overlap_chars or n == whole), default=0
+            (n for n in self._completed if n >= limits.min_overlap_chars or n in exempt),
+            default=0,
         )
         if best == 0 and final and self._alive and self._matched >= limits.min_overlap_chars:
             # The continuation re-emitted earlier text and stopped there: nothing new.
