@@ -6,12 +6,13 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck format chaos bench run docs clean
+.PHONY: venv demo test lint typecheck format chaos bench run docs lock clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every dependency to the versions the suite was last verified with.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -44,6 +45,13 @@ docs: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/intact run
+
+# Refresh the pins after changing dependencies (then run `make test`).
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet -e '.[dev]'
+	.venv-lock/bin/pip freeze --exclude-editable | grep -v '^intact' > constraints.txt
+	rm -rf .venv-lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
