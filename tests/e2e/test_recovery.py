@@ -388,3 +388,17 @@ async def test_resume_moves_to_the_next_upstream_only_when_allowed(
         assert seen.error.code == "attempts_exhausted"
         assert_prefix_of_answer(seen.text)
         assert secondary.stats.chat_requests == 0
+
+
+@pytest.mark.parametrize("kind", MID_STREAM)
+async def test_break_after_the_finish_chunk_completes_without_a_resume(
+    tmp_path: Path, kind: str
+) -> None:
+    async with fast_sim() as sim, daemon_for(tmp_path, sim) as d:
+        sim.schedule_faults([f"{kind}@done"])  # finish_reason sent; usage and [DONE] lost
+        seen = await stream_chat(sdk(d.socket_path), stream_options={"include_usage": True})
+        assert sim.stats.chat_requests == 1
+    assert seen.error is None
+    assert seen.text == EXPECTED.content
+    assert seen.finish_reason == EXPECTED.finish_reason
+    assert seen.usage is not None and seen.usage.completion_tokens > 0

@@ -493,61 +493,67 @@ class _Run:
         timeouts = up.config.stream
         headers: dict[str, str] = {}
         span.inject(headers)
-        with Watchdog(
-            first_token=timeouts.first_token_timeout,
-            stall=timeouts.stall_timeout,
-            deadline=self.deadline,
-        ) as watchdog:
-            resp = await up.client.open_stream(body, headers=headers)
-            clean = False
-            try:
-                decoder = SSEDecoder()
-                got_first = False
-                judged = False
-                done = False
-                async for data in resp.content.iter_any():
-                    for event in decoder.feed(data):
-                        if event.data == DONE_DATA:
-                            done = True
+        try:
+            with Watchdog(
+                first_token=timeouts.first_token_timeout,
+                stall=timeouts.stall_timeout,
+                deadline=self.deadline,
+            ) as watchdog:
+                resp = await up.client.open_stream(body, headers=headers)
+                clean = False
+                try:
+                    decoder = SSEDecoder()
+                    got_first = False
+                    judged = False
+                    done = False
+                    async for data in resp.content.iter_any():
+                        for event in decoder.feed(data):
+                            if event.data == DONE_DATA:
+                                done = True
+                                break
+                            if not got_first:
+                                got_first = True
+                                watchdog.first_event()
+                                span.first_chunk()
+                            try:
+                                obj = orjson.loads(event.data)
+                            except orjson.JSONDecodeError:
+                                raise classify.protocol_error("event data is not JSON") from None
+                            if not isinstance(obj, dict):
+                                raise classify.protocol_error("event data is not a JSON object")
+                            await filt.on_chunk(obj, event.data)
+                            if not judged:
+                                # The upstream is serving: judge the call now, not at the end.
+                                judged = True
+                                permit.record(CallOutcome.SUCCESS)
+                            if self.interrupted_at is not None and filt.tokens_delivered:
+                                self.trace.recovered(
+                                    upstream=up.name, seconds=self.loop.time() - self.interrupted_at
+                                )
+                                self.interrupted_at = None
+                        # Time spent writing to a slow app is not upstream silence.
+                        watchdog.progress()
+                        if done:
                             break
-                        if not got_first:
-                            got_first = True
-                            watchdog.first_event()
-                            span.first_chunk()
-                        try:
-                            obj = orjson.loads(event.data)
-                        except orjson.JSONDecodeError:
-                            raise classify.protocol_error("event data is not JSON") from None
-                        if not isinstance(obj, dict):
-                            raise classify.protocol_error("event data is not a JSON object")
-                        await filt.on_chunk(obj, event.data)
-                        if not judged:
-                            # The upstream is serving: judge the call now, not at the end.
-                            judged = True
-                            permit.record(CallOutcome.SUCCESS)
-                        if self.interrupted_at is not None and filt.tokens_delivered:
-                            self.trace.recovered(
-                                upstream=up.name, seconds=self.loop.time() - self.interrupted_at
-                            )
-                            self.interrupted_at = None
-                    # Time spent writing to a slow app is not upstream silence.
-                    watchdog.progress()
-                    if done:
-                        break
-                clean = True
-            except (
-                aiohttp.ClientPayloadError,
-                aiohttp.ClientConnectionError,
-                ConnectionError,
-            ) as exc:
-                raise classify.from_exception(exc, before_response=False) from None
-            except SSEProtocolError as exc:
-                raise classify.protocol_error(str(exc)) from None
-            finally:
-                if clean and done:
-                    resp.release()
-                else:
-                    resp.close()
+                    clean = True
+                except (
+                    aiohttp.ClientPayloadError,
+                    aiohttp.ClientConnectionError,
+                    ConnectionError,
+                ) as exc:
+                    raise classify.from_exception(exc, before_response=False) from None
+                except SSEProtocolError as exc:
+                    raise classify.protocol_error(str(exc)) from None
+                finally:
+                    if clean and done:
+                        resp.release()
+                    else:
+                        resp.close()
+        except UpstreamFailure:
+            if not filt.finished:
+                raise
+            # The finish_reason arrived: the answer is whole, only the usage chunk or
+            # [DONE] was lost. Completing beats resuming onto a finished answer.
         if not filt.finished:
             raise classify.truncated()
         await filt.on_stream_end()

@@ -37,7 +37,10 @@ SCRIPTED_ONLY_KINDS: tuple[str, ...] = (HTTP_400,)
 """Final (non-retryable) refusals, e.g. a provider that rejects assistant prefill with 400;
 only ever injected by a script, never at random."""
 
-Position = int | Literal["mid", "last"]
+Position = int | Literal["mid", "last", "done"]
+
+AFTER_FINISH = -1
+"""`chunks_before` of a fault that strikes after the finish chunk, before usage and [DONE]."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class FaultSpec:
 
     def chunks_before(self, total: int, rng: random.Random) -> int:
         """The fault's position in a stream of `total` chunks, clamped to "last"."""
+        if self.position == "done":
+            return AFTER_FINISH
         if self.position == "last":
             return total
         if self.position == "mid":
@@ -67,7 +72,7 @@ class FaultSpec:
 
 
 def parse_fault_spec(spec: str) -> FaultSpec:
-    """Parse "kind" or "kind@position" (position: an int >= 0, "mid" or "last").
+    """Parse "kind" or "kind@position" (position: an int >= 0, "mid", "last" or "done").
 
     Raises ValueError naming the bad spec and what is allowed.
     """
@@ -88,10 +93,13 @@ def parse_fault_spec(spec: str) -> FaultSpec:
         return FaultSpec(kind, "mid")
     if where == "last":
         return FaultSpec(kind, "last")
+    if where == "done":
+        return FaultSpec(kind, "done")
     if where.isdigit():
         return FaultSpec(kind, int(where))
     raise ValueError(
-        f"fault spec {spec!r}: position {where!r} must be a chunk count >= 0, 'mid' or 'last'"
+        f"fault spec {spec!r}: position {where!r} must be a chunk count >= 0, 'mid', 'last' "
+        "or 'done' (after the finish chunk)"
     )
 
 

@@ -27,6 +27,7 @@ import orjson
 from aiohttp import web
 
 from intact.simulator.faults import (
+    AFTER_FINISH,
     ALL_FAULT_KINDS,
     CONNECT_DROP,
     ERROR_EVENT,
@@ -908,7 +909,10 @@ class SimulatedUpstream:
         try:
             await response.prepare(request)
             events = plan.events
-            end = len(events) if fault is None else plan.cut_before(fault.chunks_before)
+            if fault is None or fault.chunks_before == AFTER_FINISH:
+                end = len(events)
+            else:
+                end = plan.cut_before(fault.chunks_before)
             while sent < end:
                 wait = arrived + pacing.due(events[sent].step) - loop.time()
                 if wait > 0:
