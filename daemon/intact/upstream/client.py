@@ -75,7 +75,13 @@ class UpstreamClient:
             self._session = None
 
     def _headers(self, extra: dict[str, str] | None) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        # Identity encoding: a compressed event stream may be buffered by the provider or a
+        # proxy until a compression block fills, which reads as a stall.
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+            "Accept-Encoding": "identity",
+        }
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         if extra:
