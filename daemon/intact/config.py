@@ -126,6 +126,9 @@ class StreamConfig:
         "may shorten it with the `intact-timeout` header.",
         gt=0,
     )
+    models_timeout: float = setting(
+        10.0, "Seconds to wait for an upstream's GET /models answer (for GET /v1/models).", gt=0
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -24,7 +24,6 @@ from intact.resilience.classify import UpstreamFailure
 log = structlog.get_logger("intact.listener")
 
 RELAY_KEY: web.AppKey[Relay] = web.AppKey("relay", Relay)
-MODELS_TIMEOUT = 10.0
 
 
 def error_response(error: AppError) -> web.Response:
@@ -111,7 +110,7 @@ async def list_models(request: web.Request) -> web.Response:
     seen: dict[str, Any] = {}
     failures: list[str] = []
     results = await asyncio.gather(
-        *(up.client.list_models(MODELS_TIMEOUT) for up in relay.upstreams),
+        *(up.client.list_models(up.config.stream.models_timeout) for up in relay.upstreams),
         return_exceptions=True,
     )
     for up, result in zip(relay.upstreams, results, strict=True):
