@@ -55,6 +55,9 @@ log = structlog.get_logger("intact.relay")
 # prepare() asks the loop to try another upstream instead.
 _SKIP = object()
 
+# After the drain deadline: how long cut requests get to write their explicit error.
+SHUTDOWN_NOTICE_SECONDS = 2.0
+
 # Failure kinds that mean "too slow" rather than "broken" when every attempt is spent.
 _TIMEOUT_KINDS = frozenset(
     {FailureKind.FIRST_TOKEN_TIMEOUT, FailureKind.STALL, FailureKind.DEADLINE, FailureKind.HTTP_408}
@@ -168,7 +171,7 @@ class Relay:
         for run in list(self._runs):
             run.stop_for_shutdown()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), 2.0)
+            await asyncio.wait_for(self._idle.wait(), SHUTDOWN_NOTICE_SECONDS)
 
 
 @dataclass
@@ -635,7 +638,7 @@ class _Run:
             headers={} if self.sink.committed else {"Retry-After": "1"},
         )
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.sink.fail(error), timeout=1.0)
+            await asyncio.wait_for(self.sink.fail(error), timeout=SHUTDOWN_NOTICE_SECONDS / 2)
 
     async def complete_at_token_limit(self) -> None:
         filt = self.delivery.attempt()
