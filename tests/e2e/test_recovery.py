@@ -402,3 +402,27 @@ async def test_break_after_the_finish_chunk_completes_without_a_resume(
     assert seen.text == EXPECTED.content
     assert seen.finish_reason == EXPECTED.finish_reason
     assert seen.usage is not None and seen.usage.completion_tokens > 0
+
+
+async def test_a_bug_inside_intact_ends_the_stream_explicitly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from intact.relay.delivery import AttemptFilter
+
+    original = AttemptFilter.on_chunk
+    calls = 0
+
+    async def broken(self: AttemptFilter, obj: dict[str, Any], raw: bytes) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 6:
+            raise RuntimeError("a bug")
+        await original(self, obj, raw)
+
+    monkeypatch.setattr(AttemptFilter, "on_chunk", broken)
+    async with fast_sim() as sim, daemon_for(tmp_path, sim) as d:
+        seen = await stream_chat(sdk(d.socket_path))
+        assert (await stream_chat(sdk(d.socket_path))).error is None  # still serving
+    assert isinstance(seen.error, openai.APIError)
+    assert seen.error.code == "internal_error"
+    assert_prefix_of_answer(seen.text)

@@ -148,6 +148,10 @@ class Relay:
             self._idle.clear()
             try:
                 await run.run()
+            except Exception:
+                # A bug in intact must still never look like a complete answer.
+                log.exception("relay_internal_error")
+                await run.fail_internal()
             except asyncio.CancelledError:
                 if not run.stopped_for_shutdown:
                     run.summary.outcome = Outcome.CANCELLED  # the app went away
@@ -616,6 +620,20 @@ class _Run:
         )
         s.outcome = Outcome.RECOVERED if s.interruptions else Outcome.COMPLETED
         s.completion_tokens = self.delivery.tokens_delivered
+
+    async def fail_internal(self) -> None:
+        s = self.summary
+        s.outcome = Outcome.FAILED
+        s.error_code = "internal_error"
+        s.status = 500
+        error = AppError(
+            status=500,
+            message="intact hit an internal error while relaying this request",
+            type=STREAM_INTERRUPTED if self.sink.committed else "server_error",
+            code="internal_error",
+        )
+        with contextlib.suppress(Exception):
+            await self.sink.fail(error)
 
     def stop_for_shutdown(self) -> None:
         """Cancel this request's task because the daemon's drain deadline passed."""
