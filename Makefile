@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck format chaos bench run docs lock clean
+.PHONY: venv node-deps demo test lint typecheck format chaos bench run docs lock clean
 
 # constraints.txt pins every dependency to the versions the suite was last verified with.
 $(STAMP): pyproject.toml constraints.txt
@@ -17,10 +17,19 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+# The official openai Node SDK for tests/e2e/test_node_sdk.py (skipped without npm).
+NODE_STAMP := tests/node/node_modules/.installed
+$(NODE_STAMP): tests/node/package-lock.json
+	@if command -v npm >/dev/null; then \
+		npm ci --prefix tests/node --silent --no-audit --no-fund && touch $(NODE_STAMP); \
+	else echo "npm not found: the Node SDK tests will be skipped"; fi
+
+node-deps: $(NODE_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/intact demo
 
-test: $(STAMP)
+test: $(STAMP) node-deps
 	$(BIN)/pytest
 
 lint: $(STAMP)
