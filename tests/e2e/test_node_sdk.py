@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import MESSAGES, daemon_for, fast_sim
 
 from intact.simulator import expected_answer
+from support import MESSAGES, daemon_for, fast_sim
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 EXPECTED = expected_answer(MESSAGES)
