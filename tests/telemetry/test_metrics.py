@@ -4,6 +4,7 @@ Prometheus scrapes it; the breaker gauge follows an upstream going down and comi
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 import time
 from pathlib import Path
@@ -228,3 +229,26 @@ def test_breaker_states_fall_back_to_the_last_transition_when_the_loop_cannot_an
     assert time.monotonic() - started < 0.5
     loop.close()
     assert list(states.read()) == [("primary", BreakerState.OPEN)]  # loop gone
+
+
+def test_stream_counters_of_configured_models_start_at_zero(tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+
+    from intact.config import build_config
+    from intact.telemetry.runtime import start_telemetry
+
+    cfg = build_config(
+        {
+            "server": {"socket": str(tmp_path / "s.sock")},
+            "upstreams": [{"name": "vllm", "base_url": "http://127.0.0.1:9/v1",
+                           "models": ["llama"]}],
+        }
+    )  # fmt: skip
+    rt = start_telemetry(cfg, log_stream=io.StringIO())
+    try:
+        text = generate_latest(rt.registry).decode()
+    finally:
+        rt.shutdown()
+    for outcome in ("completed", "recovered", "failed", "rejected", "cancelled"):
+        series = f'intact_streams_total{{model="llama",outcome="{outcome}",upstream="vllm"}}'
+        assert f"{series} 0.0" in text

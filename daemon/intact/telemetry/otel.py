@@ -132,9 +132,16 @@ class OtelTelemetry:
         self.instruments = Instruments(meter, self.breakers.read)
         self.models = ModelLabels(max_model_labels)
 
-    def preset_upstreams(self, names: Iterable[str]) -> None:
-        for name in names:
-            self.instruments.preset_upstream(name)
+    def preset_upstreams(self, upstreams: Iterable[tuple[str, Iterable[str]]]) -> None:
+        """Start counters at 0 for each configured upstream (and each model it is
+        configured for), so the first event of a series is not lost to ``rate()``."""
+        ins = self.instruments
+        for name, models in upstreams:
+            ins.preset_upstream(name)
+            for model in models:
+                label = self.models.label(name, model)
+                for outcome in Outcome:
+                    ins.streams.add(0, ins.stream_labels(outcome.value, name, label))
 
     def request(self, *, headers: Mapping[str, str], model: str, stream: bool) -> _RequestTrace:
         return _RequestTrace(self, headers, model, stream)

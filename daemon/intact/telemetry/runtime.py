@@ -174,7 +174,7 @@ def start_telemetry(
         meter=meter_provider.get_meter(SCOPE, __version__),
         max_model_labels=tcfg.max_model_labels,
     )
-    telemetry.preset_upstreams(u.name for u in config.upstreams)
+    telemetry.preset_upstreams((u.name, u.models) for u in config.upstreams)
     log.info(
         "telemetry_started",
         otlp=[f"{t.signal}={t.protocol}:{t.endpoint} ({t.source})" for t in targets] or None,
