@@ -17,8 +17,8 @@ from aiohttp import web
 
 from intact.errors import AppError, invalid_request, not_found
 from intact.relay.engine import Relay
-from intact.relay.request import ChatRequest, parse_chat_request
-from intact.relay.sinks import CompletionSink, SSESink
+from intact.relay.request import parse_chat_request
+from intact.relay.sinks import CompletionSink, SSESink, json_response
 from intact.resilience.classify import UpstreamFailure
 
 log = structlog.get_logger("intact.listener")
@@ -27,12 +27,7 @@ RELAY_KEY: web.AppKey[Relay] = web.AppKey("relay", Relay)
 
 
 def error_response(error: AppError) -> web.Response:
-    return web.Response(
-        status=error.status,
-        body=error.body(),
-        headers=dict(error.headers),
-        content_type="application/json",
-    )
+    return json_response(error.status, error.body(), error.headers)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -62,12 +57,10 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
             )
         else:
             err = invalid_request(exc.reason or "Bad request.", status=exc.status)
-        headers = dict(err.headers)
+        response = error_response(err)
         if exc.status == 405 and "Allow" in exc.headers:
-            headers["Allow"] = exc.headers["Allow"]
-        return web.Response(
-            status=err.status, body=err.body(), headers=headers, content_type="application/json"
-        )
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -86,22 +79,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     parsed = parse_chat_request(raw, request.headers)
     if isinstance(parsed, AppError):
         return error_response(parsed)
-    req: ChatRequest = parsed
-    if req.stream:
-        sink = SSESink(request)
-        await relay.serve(req, sink, request.headers)
-        if sink.result is None:  # defensive: the relay always ends the response
-            return error_response(
-                AppError(status=500, message="no response produced", type="server_error")
-            )
-        return sink.result
-    collector = CompletionSink()
-    await relay.serve(req, collector, request.headers)
-    if collector.result is None:
+    sink: SSESink | CompletionSink = SSESink(request) if parsed.stream else CompletionSink()
+    await relay.serve(parsed, sink, request.headers)
+    if sink.result is None:  # defensive: the relay always ends the response
         return error_response(
             AppError(status=500, message="no response produced", type="server_error")
         )
-    return collector.result
+    return sink.result
 
 
 async def list_models(request: web.Request) -> web.Response:

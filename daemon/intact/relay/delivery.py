@@ -116,7 +116,6 @@ class Delivery:
         self.tool_calls: list[ToolCall] = []
         # A tool call the app saw only partly (buffering off, or over the size bound).
         self.partial_tool_call_visible = False
-        self.finish_reason: str | None = None
         self.too_long_to_resume = False
         self.limits = SpliceLimits(
             min_overlap_chars=recovery.min_overlap_chars,
@@ -303,7 +302,6 @@ class AttemptFilter:
         await self._emit(obj, choice, out, finish, raw=raw if unchanged else None)
         if finish is not None:
             self.finish_reason = finish
-            d.finish_reason = finish
 
     def _splice(self, content: str) -> tuple[str, int]:
         """Run continuation text through the splicer; return (text to send, tokens in it)."""
@@ -419,7 +417,6 @@ class AttemptFilter:
         choice = {"index": 0, "logprobs": None}
         await self._emit({}, choice, {}, reason, raw=None)
         self.finish_reason = reason
-        self.d.finish_reason = reason
 
     async def on_stream_end(self) -> None:
         """The attempt ended after its finish_reason: flush anything still held."""

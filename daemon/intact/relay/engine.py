@@ -120,11 +120,15 @@ class Relay:
         self.telemetry = telemetry
         self.clock = clock
         self.rng = rng or random.Random()
-        self.active = 0
         self.draining = False  # the daemon is stopping: no new requests
         self._runs: set[_Run] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def active(self) -> int:
+        """App requests being served now."""
+        return len(self._runs)
 
     def candidates(self, model: str) -> list[UpstreamRuntime]:
         return [u for u in self.upstreams if u.serves(model)]
@@ -143,7 +147,6 @@ class Relay:
         trace = self.telemetry.request(headers=headers, model=req.model, stream=req.stream)
         with trace:
             run = _Run(self, req, sink, trace, ups)
-            self.active += 1
             self._runs.add(run)
             self._idle.clear()
             try:
@@ -160,7 +163,6 @@ class Relay:
                 asyncio.current_task().uncancel()  # type: ignore[union-attr]
                 await run.tell_shutdown()
             finally:
-                self.active -= 1
                 self._runs.discard(run)
                 if not self._runs:
                     self._idle.set()
@@ -622,18 +624,30 @@ class _Run:
         s.completion_tokens = self.delivery.tokens_delivered
 
     async def fail_internal(self) -> None:
+        await self._end_abruptly(
+            500, "internal_error", "intact hit an internal error while relaying this request",
+            "server_error",
+        )  # fmt: skip
+
+    async def _end_abruptly(
+        self, status: int, code: str, message: str, http_type: str, retry_after: bool = False
+    ) -> None:
+        """End a request the relay loop could not finish (a bug, the drain deadline):
+        in-band if the stream started, else an HTTP error; never raises."""
         s = self.summary
         s.outcome = Outcome.FAILED
-        s.error_code = "internal_error"
-        s.status = 500
+        s.error_code = code
+        s.status = status
+        committed = self.sink.committed
         error = AppError(
-            status=500,
-            message="intact hit an internal error while relaying this request",
-            type=STREAM_INTERRUPTED if self.sink.committed else "server_error",
-            code="internal_error",
+            status=status,
+            message=message,
+            type=STREAM_INTERRUPTED if committed else http_type,
+            code=code,
+            headers={"Retry-After": "1"} if retry_after and not committed else {},
         )
         with contextlib.suppress(Exception):
-            await self.sink.fail(error)
+            await asyncio.wait_for(self.sink.fail(error), timeout=SHUTDOWN_NOTICE_SECONDS / 2)
 
     def stop_for_shutdown(self) -> None:
         """Cancel this request's task because the daemon's drain deadline passed."""
@@ -643,20 +657,14 @@ class _Run:
 
     async def tell_shutdown(self) -> None:
         """The drain deadline cut this request: say so, in-band if the stream started."""
-        s = self.summary
-        s.outcome = Outcome.FAILED
-        s.error_code = "daemon_shutdown"
-        s.status = 503
-        error = AppError(
-            status=503,
-            message="intact is shutting down and its drain deadline (server.drain_timeout) "
-            "ended this request",
-            type=STREAM_INTERRUPTED if self.sink.committed else "upstream_unavailable",
-            code="daemon_shutdown",
-            headers={} if self.sink.committed else {"Retry-After": "1"},
+        await self._end_abruptly(
+            503,
+            "daemon_shutdown",
+            "intact is shutting down and its drain deadline (server.drain_timeout) ended this "
+            "request",
+            "upstream_unavailable",
+            retry_after=True,
         )
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.sink.fail(error), timeout=SHUTDOWN_NOTICE_SECONDS / 2)
 
     async def complete_at_token_limit(self) -> None:
         filt = self.delivery.attempt()

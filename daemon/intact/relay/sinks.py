@@ -81,13 +81,13 @@ class SSESink:
 
     async def fail(self, error: AppError) -> None:
         if self._response is None:
-            self.result = _json_response(error.status, error.body(), error.headers)
+            self.result = json_response(error.status, error.body(), error.headers)
             return
         await self._response.write(error.sse_event())
         await self._response.write_eof()
 
     async def pass_through(self, error: UpstreamResponseError) -> None:
-        self.result = _json_response(error.status, error.body, error.headers)
+        self.result = json_response(error.status, error.body, error.headers)
 
 
 class CompletionSink:
@@ -184,13 +184,13 @@ class CompletionSink:
         return body
 
     async def finish(self, headers: Mapping[str, str]) -> None:
-        self.result = _json_response(200, orjson.dumps(self.completion()), headers)
+        self.result = json_response(200, orjson.dumps(self.completion()), headers)
 
     async def fail(self, error: AppError) -> None:
-        self.result = _json_response(error.status, error.body(), error.headers)
+        self.result = json_response(error.status, error.body(), error.headers)
 
     async def pass_through(self, error: UpstreamResponseError) -> None:
-        self.result = _json_response(error.status, error.body, error.headers)
+        self.result = json_response(error.status, error.body, error.headers)
 
 
 def _merge_tool_call(calls: dict[int, dict[str, Any]], delta: Mapping[str, Any]) -> None:
@@ -209,6 +209,7 @@ def _merge_tool_call(calls: dict[int, dict[str, Any]], delta: Mapping[str, Any])
         call["function"]["arguments"] += fn["arguments"]
 
 
-def _json_response(status: int, body: bytes, headers: Mapping[str, str]) -> web.Response:
+def json_response(status: int, body: bytes, headers: Mapping[str, str]) -> web.Response:
+    """A JSON body with our headers (any content type the upstream sent is replaced)."""
     out = {k: v for k, v in headers.items() if k.lower() != "content-type"}
     return web.Response(status=status, body=body, headers=out, content_type="application/json")

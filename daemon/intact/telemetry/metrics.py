@@ -152,7 +152,7 @@ class Instruments:
         self.retry_budget_exhausted = meter.create_counter(
             RETRY_BUDGET_EXHAUSTED,
             unit="{request}",
-            description="Requests that ended because the upstream's retry budget was spent.",
+            description="Retries and resumes refused: the upstream's retry budget was spent.",
         )
         self.active_streams = meter.create_up_down_counter(
             ACTIVE_STREAMS, unit="{stream}", description="App requests being served now."
