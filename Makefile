@@ -44,7 +44,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 chaos: $(STAMP)
-	$(BIN)/python bench/chaos.py
+	$(BIN)/python bench/chaos.py $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/relay_overhead.py

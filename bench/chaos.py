@@ -1,20 +1,29 @@
 """The acceptance run for mid-stream recovery: many streams through a deliberately flaky upstream.
 
     python bench/chaos.py [--streams 1000 --concurrency 50 --first-fault-rate 0.2
-                           --continuation-fault-rate 0.1 --max-attempts 6 --seed 7]
+                           --continuation-fault-rate 0.1 --max-attempts 6 --seed 7
+                           --text-style mixed --resume-mode prefill]
+    make chaos ARGS="--text-style mixed --resume-mode instruct"
 
 The simulated upstream faults 20% of first attempts and 10% of continuations with every
-fault kind, repeats the tail of the partial text in 20% of continuations (with whitespace
-variation), and intact sits in front of it with 6 attempts per request. The openai SDK
-judges every answer against the uninterrupted one. Passes when >= 99.5% are byte-exact,
-none is silently truncated or garbled, and every other stream ended with an explicit error.
-The first anomalies are printed with the simulator's record of each attempt: they are bugs.
+fault kind, and intact sits in front of it with 6 attempts per request, resuming in the
+chosen mode. The answers are in the chosen text style (prose, code, table, cjk, json, or
+mixed: one of them per conversation), picked through the model name (`sim-1:code`). A
+prefill or prefix continuation goes on exactly, as a real model at temperature 0 does; an
+instruct continuation repeats the tail of the partial text in 20% of resumes (the last
+words, CJK characters or line of code, with whitespace variation), starts over in 5% and
+starts over reworded in 5%. The app's text is judged against the uninterrupted answer the
+simulator publishes for the same request (`SimulatedUpstream.expected_answer`), per style.
+Passes when >= 99.5% are byte-exact, none is silently truncated or garbled, and every other
+stream ended with an explicit error. The first anomalies of each style are printed with the
+simulator's record of each attempt: they are bugs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import sys
 import tempfile
@@ -28,15 +37,24 @@ from intact.config import Config, build_config
 from intact.daemon import running_daemon
 from intact.demo.loadgen import (
     TRANSPORT_ERRORS,
+    Conversation,
     ConversationMix,
     LoadGenerator,
     LoadSettings,
     LoadStats,
     RequestResult,
     Verdict,
+    judge,
 )
 from intact.demo.outcomes import RelayOutcomes
-from intact.simulator import ALL_FAULT_KINDS, SimulatedUpstream, SimulatorSettings, SimulatorStats
+from intact.simulator import (
+    ALL_FAULT_KINDS,
+    STYLES,
+    TEXT_STYLES,
+    SimulatedUpstream,
+    SimulatorSettings,
+    SimulatorStats,
+)
 from intact.telemetry.api import Telemetry
 from intact.telemetry.runtime import start_telemetry
 
@@ -44,6 +62,9 @@ UPSTREAM_NAME = "sim"
 # The acceptance run uses the daemon's own breaker settings. `--breaker off` keeps it closed,
 # to measure recovery alone under fault rates that would (rightly) open it.
 BREAKER_OFF = {"minimum_calls": 1_000_000}
+RESUME_MODES = ("prefill", "prefix", "instruct")
+TOOLS_LABEL = "tools"
+"""Requests answered with tool calls, whatever their style."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,9 +78,16 @@ class ChaosOptions:
     kinds: tuple[str, ...] = ALL_FAULT_KINDS
     tok_per_s: float = 100.0
     ttft: float = 0.05
+    text_style: str = "mixed"
+    """The style of every answer (one of STYLES); "mixed" picks one per conversation."""
+    reasoning: bool = False
+    """Ask for the reasoning variant: thinking in reasoning_content before the answer."""
+    resume_mode: str = "prefill"
     repeat_prob: float = 0.2
     whitespace_variation_prob: float = 0.3
-    restart_prob: float = 0.0
+    restart_prob: float = 0.05
+    paraphrase_prob: float = 0.05
+    prefill_echo_prob: float = 0.0
     retry_after: float = 0.2
     stall_timeout: float = 0.5
     first_token_timeout: float = 1.0
@@ -83,8 +111,24 @@ class ChaosOptions:
             repeat_prob=self.repeat_prob,
             whitespace_variation_prob=self.whitespace_variation_prob,
             restart_prob=self.restart_prob,
+            paraphrase_prob=self.paraphrase_prob,
+            prefill_echo_prob=self.prefill_echo_prob,
             retry_after=self.retry_after,
+            style=self.text_style,
         )
+
+    def models(self) -> tuple[str, ...]:
+        """The model names the app asks for: the style (and reasoning) as name suffixes."""
+        suffix = f":{self.text_style}" + (":reasoning" if self.reasoning else "")
+        return (f"sim-1{suffix}", f"sim-2{suffix}")
+
+    def validate(self) -> None:
+        """Raise ValueError naming a bad option (the simulator checks its own)."""
+        if self.text_style not in STYLES:
+            raise ValueError(f"--text-style must be one of {', '.join(STYLES)}")
+        if self.resume_mode not in RESUME_MODES:
+            raise ValueError(f"--resume-mode must be one of {', '.join(RESUME_MODES)}")
+        self.simulator()
 
     def daemon(self, upstream_url: str, socket_path: str) -> Config:
         return build_config(
@@ -102,19 +146,37 @@ class ChaosOptions:
                 "breaker": BREAKER_OFF if self.breaker == "off" else {},
                 "telemetry": {"log_level": self.log_level},
                 "upstreams": [
-                    {"name": UPSTREAM_NAME, "base_url": upstream_url, "resume": "prefill"}
+                    {"name": UPSTREAM_NAME, "base_url": upstream_url, "resume": self.resume_mode}
                 ],
             }
         )
 
 
 @dataclass
+class StyleTally:
+    """What the app got for the requests answered in one style, judged against that style."""
+
+    stats: LoadStats
+    exact_ids: set[str] = field(default_factory=set)
+    recovered_exact: int = 0
+    """Requests the relay saw interrupted that the app nevertheless got byte-exact."""
+
+    @property
+    def exact_pct(self) -> float:
+        done = self.stats.done
+        return 100.0 * self.stats.exact / done if done else 0.0
+
+
+@dataclass
 class ChaosReport:
     options: ChaosOptions
     stats: LoadStats
+    """Every request, judged against the answer the simulator gives for its style."""
     outcomes: RelayOutcomes
     simulator: SimulatorStats
     wall_time: float
+    by_style: dict[str, StyleTally] = field(default_factory=dict)
+    issued: int = 0
     recovered_exact: int = 0
     """Requests the relay saw interrupted that the app nevertheless got byte-exact."""
     notes: list[str] = field(default_factory=list)
@@ -127,7 +189,7 @@ class ChaosReport:
     @property
     def unjudged(self) -> int:
         """Requests issued but never judged (cancelled by a stop)."""
-        return self.stats.issued - self.stats.done
+        return self.issued - self.stats.done
 
     @property
     def transport_errors(self) -> int:
@@ -166,9 +228,13 @@ def _attempt_log(sim: SimulatedUpstream, request_id: str) -> list[str]:
     ):
         line = f"attempt {number}: {record.kind} fault={record.fault or 'none'}"
         messages = record.body.get("messages") or []
-        if record.kind != "normal" and messages and isinstance(messages[-1], dict):
-            partial = str(messages[-1].get("content") or "")
-            line += f" partial={len(partial)} chars ending {partial[-40:]!r}"
+        partial = next(
+            (m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "assistant"),
+            None,
+        )
+        if record.kind != "normal" and partial is not None:
+            text = str(partial.get("content") or "")
+            line += f" partial={len(text)} chars ending {text[-40:]!r}"
         lines.append(line)
     return lines
 
@@ -180,6 +246,16 @@ def _mentions(body: Any, tag: str) -> bool:
     return False
 
 
+def request_body(conversation: Conversation) -> dict[str, Any]:
+    """The chat request body the load generator sends for `conversation`."""
+    return {
+        "model": conversation.model,
+        "messages": list(conversation.messages),
+        "stream": conversation.stream,
+        **conversation.options(),
+    }
+
+
 async def run_chaos(opts: ChaosOptions, *, with_telemetry: bool = False) -> ChaosReport:
     """Run the whole chaos scenario in this event loop and return what happened.
 
@@ -187,6 +263,7 @@ async def run_chaos(opts: ChaosOptions, *, with_telemetry: bool = False) -> Chao
     stderr, traces and metrics as `intact run` has them); without it the relay records
     into nothing but the outcome counters.
     """
+    opts.validate()
     with tempfile.TemporaryDirectory(prefix="intact-chaos-") as tmp:
         async with SimulatedUpstream(opts.simulator()) as sim:
             config = opts.daemon(sim.base_url, os.path.join(tmp, "intact.sock"))
@@ -202,15 +279,27 @@ async def _run(
     opts: ChaosOptions, sim: SimulatedUpstream, config: Config, telemetry: Telemetry | None
 ) -> ChaosReport:
     outcomes = RelayOutcomes(telemetry, keep_summaries=max(5_000, opts.streams))
-    exact_ids: set[str] = set()
+    # The load generator judges against the default (prose) answer; each request is judged
+    # again here against the answer the simulator gives for the request's own style.
+    overall = LoadStats(max_anomalies=0, seed=opts.seed)
+    by_style: dict[str, StyleTally] = {}
 
     def on_result(result: RequestResult) -> None:
-        request_id = result.conversation.request_id
-        if result.judgement.verdict is Verdict.EXACT:
-            exact_ids.add(request_id)
-        if result.anomaly is not None:
+        expected = sim.expected_answer(request_body(result.conversation))
+        label = TOOLS_LABEL if expected.tool_calls else expected.style or "prose"
+        judged = dataclasses.replace(
+            result, judgement=judge(expected, result.observation), anomaly=None
+        )
+        overall.record(judged)
+        tally = by_style.setdefault(
+            label, StyleTally(LoadStats(max_anomalies=opts.show_anomalies, seed=opts.seed))
+        )
+        anomaly = tally.stats.record(judged)
+        if judged.judgement.verdict is Verdict.EXACT:
+            tally.exact_ids.add(result.conversation.request_id)
+        if anomaly is not None:
             # Now, while the simulator still has this conversation's attempts in its log.
-            result.anomaly.notes += _attempt_log(sim, request_id)
+            anomaly.notes += _attempt_log(sim, result.conversation.request_id)
 
     async with running_daemon(config, telemetry=outcomes) as daemon:
         load = LoadGenerator(
@@ -222,31 +311,44 @@ async def _run(
                 mix=ConversationMix(
                     non_stream_fraction=opts.non_stream_fraction,
                     tools_fraction=opts.tools_fraction,
+                    models=opts.models(),
                 ),
                 request_timeout=60.0,
-                max_anomalies=max(20, opts.show_anomalies),
+                max_anomalies=0,
             ),
             on_result=on_result,
         )
         started = time.monotonic()
-        stats = await load.run()
+        await load.run()
         wall = time.monotonic() - started
+    overall.started_at, overall.finished_at = load.stats.started_at, load.stats.finished_at
     # The relay records a request's summary just after its last byte: join them now.
-    for anomaly in stats.anomalies:
-        summary = outcomes.summary_for(anomaly.conversation.request_id)
-        if summary is not None:
-            kinds = ", ".join(k.value for k in summary.interruptions) or "none"
-            anomaly.notes.append(
-                f"relay: outcome={summary.outcome.value} attempts={summary.attempts} "
-                f"resumes={summary.resumes} interruptions=[{kinds}] "
-                f"error_code={summary.error_code}"
-            )
     recovered = 0
-    for request_id in exact_ids:
-        summary = outcomes.summary_for(request_id)
-        if summary is not None and summary.interruptions:
-            recovered += 1
-    return ChaosReport(opts, stats, outcomes, sim.stats, wall, recovered_exact=recovered)
+    for tally in by_style.values():
+        for anomaly in tally.stats.anomalies:
+            summary = outcomes.summary_for(anomaly.conversation.request_id)
+            if summary is not None:
+                kinds = ", ".join(k.value for k in summary.interruptions) or "none"
+                anomaly.notes.append(
+                    f"relay: outcome={summary.outcome.value} attempts={summary.attempts} "
+                    f"resumes={summary.resumes} interruptions=[{kinds}] "
+                    f"error_code={summary.error_code}"
+                )
+        for request_id in tally.exact_ids:
+            summary = outcomes.summary_for(request_id)
+            if summary is not None and summary.interruptions:
+                tally.recovered_exact += 1
+        recovered += tally.recovered_exact
+    return ChaosReport(
+        opts,
+        overall,
+        outcomes,
+        sim.stats,
+        wall,
+        by_style=by_style,
+        issued=load.stats.issued,
+        recovered_exact=recovered,
+    )
 
 
 def _counts(counter: Counter[Any] | dict[Any, int], *, by_key: bool = False) -> str:
@@ -258,20 +360,54 @@ def _secs(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} s"
 
 
+STYLE_ORDER = (*TEXT_STYLES, "refusal", TOOLS_LABEL)
+
+
+def _styles(r: ChaosReport) -> list[str]:
+    """The styles the run saw, in STYLE_ORDER."""
+    return sorted(r.by_style, key=lambda s: STYLE_ORDER.index(s) if s in STYLE_ORDER else 99)
+
+
+def style_table(r: ChaosReport) -> list[str]:
+    """One line per style: streams, byte-exact, recovered, silent, garbled, explicit errors."""
+    lines = [
+        f"  {'style':<8} {'streams':>7} {'byte-exact':>17} {'recovered':>9} {'silent':>6} "
+        f"{'garbled':>7} {'errors':>6}"
+    ]
+    for label in _styles(r):
+        tally = r.by_style[label]
+        s = tally.stats
+        exact = f"{s.exact} ({tally.exact_pct:.2f}%)"
+        lines.append(
+            f"  {label:<8} {s.done:>7} {exact:>17} {tally.recovered_exact:>9} {s.silent:>6} "
+            f"{s.garbled:>7} {s.explicit_errors:>6}"
+        )
+    return lines
+
+
 def report_text(r: ChaosReport) -> str:
     o, s = r.options, r.stats
     faults = sum(r.simulator.faults_injected.values())
     attempts = r.simulator.chat_requests
+    quirks = (
+        f"instruct quirks: repeat {o.repeat_prob}, whitespace variation "
+        f"{o.whitespace_variation_prob}, restart {o.restart_prob}, paraphrase "
+        f"{o.paraphrase_prob}"
+        if o.resume_mode == "instruct"
+        else f"continues exactly (prefill echo {o.prefill_echo_prob})"
+    )
     lines = [
         f"intact chaos run: {o.streams} streams, {o.concurrency} concurrent, seed {o.seed}",
+        f"  answers: text style {o.text_style}"
+        + (" with reasoning" if o.reasoning else "")
+        + f" (models {', '.join(o.models())}); {o.tools_fraction:.0%} offer tools",
         f"  upstream: simulated, {o.first_fault_rate:.0%} of first attempts and "
         f"{o.continuation_fault_rate:.0%} of continuations faulted "
-        f"({', '.join(o.kinds)}); repeat_prob {o.repeat_prob}, whitespace variation "
-        f"{o.whitespace_variation_prob}, restart_prob {o.restart_prob}; http_429 Retry-After "
+        f"({', '.join(o.kinds)}); {quirks}; http_429 Retry-After "
         f"{o.retry_after:g} s; {o.tok_per_s:g} tok/s, ttft {o.ttft:g} s",
         f"  daemon: retry.max_attempts {o.max_attempts}, base_delay {o.base_delay:g} s, "
         f"stall_timeout {o.stall_timeout:g} s, first_token_timeout {o.first_token_timeout:g} s, "
-        "resume prefill",
+        f"resume {o.resume_mode}",
         "  retry budget: the daemon's defaults (ratio 0.2 + 10/s over 10 s)",
         "  breaker: "
         + (
@@ -279,6 +415,9 @@ def report_text(r: ChaosReport) -> str:
             if o.breaker == "off"
             else "the daemon's defaults (50% over 30 s, minimum 20 calls)"
         ),
+        "",
+        "results per style (judged against the simulator's uninterrupted answer)",
+        *style_table(r),
         "",
         "results",
         f"  streams              {s.done} ({s.streaming} streaming, {s.non_streaming} "
@@ -305,11 +444,14 @@ def report_text(r: ChaosReport) -> str:
         f"{_secs(s.latency.percentile(95))}",
         f"  wall time            {r.wall_time:.1f} s",
     ]
-    shown = s.anomalies[: o.show_anomalies]
-    if shown:
-        lines += ["", f"first {len(shown)} of {len(s.anomalies) + s.anomalies_dropped} anomalies"]
-        for anomaly in shown:
-            lines += ["  " + line for line in anomaly.render().splitlines()]
+    for label in _styles(r):
+        stats = r.by_style[label].stats
+        shown = stats.anomalies[: o.show_anomalies]
+        if shown:
+            total = len(stats.anomalies) + stats.anomalies_dropped
+            lines += ["", f"{label}: first {len(shown)} of {total} anomalies"]
+            for anomaly in shown:
+                lines += ["  " + line for line in anomaly.render().splitlines()]
     lines += ["", "acceptance"]
     for name, ok, value in r.checks():
         lines.append(f"  {'PASS' if ok else 'FAIL'}  {name}: {value}")
@@ -327,11 +469,44 @@ def parse_args(argv: Sequence[str] | None = None) -> ChaosOptions:
     p.add_argument("--max-attempts", type=int, default=d.max_attempts)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--kinds", default=",".join(d.kinds), help="comma-separated fault kinds")
+    p.add_argument(
+        "--text-style",
+        choices=STYLES,
+        default=d.text_style,
+        help="style of the answers; mixed picks one per conversation (default)",
+    )
+    p.add_argument(
+        "--reasoning",
+        action="store_true",
+        help="answers think first, in reasoning_content (the model suffix :reasoning)",
+    )
+    p.add_argument(
+        "--resume-mode",
+        choices=RESUME_MODES,
+        default=d.resume_mode,
+        help="how intact asks the simulator to continue a broken stream",
+    )
     p.add_argument("--tok-per-s", type=float, default=d.tok_per_s)
     p.add_argument("--ttft", type=float, default=d.ttft)
-    p.add_argument("--repeat-prob", type=float, default=d.repeat_prob)
+    p.add_argument(
+        "--repeat-prob", type=float, default=d.repeat_prob, help="instruct: repeat the tail"
+    )
     p.add_argument("--whitespace-variation", type=float, default=d.whitespace_variation_prob)
-    p.add_argument("--restart-prob", type=float, default=d.restart_prob)
+    p.add_argument(
+        "--restart-prob", type=float, default=d.restart_prob, help="instruct: start over"
+    )
+    p.add_argument(
+        "--paraphrase-prob",
+        type=float,
+        default=d.paraphrase_prob,
+        help="instruct: start over reworded, then go on differently",
+    )
+    p.add_argument(
+        "--prefill-echo-prob",
+        type=float,
+        default=d.prefill_echo_prob,
+        help="prefill/prefix: the first delta repeats the whole partial (llama-server quirk)",
+    )
     p.add_argument("--retry-after", type=float, default=d.retry_after)
     p.add_argument("--stall-timeout", type=float, default=d.stall_timeout)
     p.add_argument("--first-token-timeout", type=float, default=d.first_token_timeout)
@@ -339,7 +514,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ChaosOptions:
     p.add_argument("--non-stream-fraction", type=float, default=d.non_stream_fraction)
     p.add_argument("--tools-fraction", type=float, default=d.tools_fraction)
     p.add_argument("--min-exact", type=float, default=d.min_exact_pct, metavar="PCT")
-    p.add_argument("--show-anomalies", type=int, default=d.show_anomalies)
+    p.add_argument("--show-anomalies", type=int, default=d.show_anomalies, help="per style")
     p.add_argument(
         "--log-level", default=d.log_level, choices=("debug", "info", "warning", "error")
     )
@@ -360,9 +535,14 @@ def parse_args(argv: Sequence[str] | None = None) -> ChaosOptions:
         kinds=tuple(k.strip() for k in a.kinds.split(",") if k.strip()),
         tok_per_s=a.tok_per_s,
         ttft=a.ttft,
+        text_style=a.text_style,
+        reasoning=a.reasoning,
+        resume_mode=a.resume_mode,
         repeat_prob=a.repeat_prob,
         whitespace_variation_prob=a.whitespace_variation,
         restart_prob=a.restart_prob,
+        paraphrase_prob=a.paraphrase_prob,
+        prefill_echo_prob=a.prefill_echo_prob,
         retry_after=a.retry_after,
         stall_timeout=a.stall_timeout,
         first_token_timeout=a.first_token_timeout,
@@ -379,7 +559,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ChaosOptions:
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     try:
-        opts.simulator()
+        opts.validate()
     except ValueError as exc:
         print(f"chaos: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""Command line: `intact run | demo | simulate-upstream | check-config | config-reference`."""
+"""Command line: `intact run | demo | simulate-upstream | chaos-proxy | check-config |
+config-reference`."""
 
 from __future__ import annotations
 
@@ -90,6 +91,47 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--api-key", default=None, help="require this API key")
 
+    chaos = sub.add_parser(
+        "chaos-proxy",
+        help="put the simulator's named faults in front of any OpenAI-compatible server",
+        description="Forward every request to --upstream byte for byte and break chat and "
+        "text completions on purpose (header x-chaos-fault: KIND[@N] scripts one request; "
+        "GET /chaos/stats counts faults; POST /chaos/faults scripts the next requests).",
+    )
+    chaos.add_argument(
+        "--upstream",
+        metavar="URL",
+        required=True,
+        help="server requests are forwarded to: /v1/x goes to URL/v1/x",
+    )
+    chaos.add_argument("--host", default="127.0.0.1")
+    chaos.add_argument("--port", type=int, required=True)
+    chaos.add_argument(
+        "--fault-rate", type=float, default=0.0, help="chance a completion request is faulted"
+    )
+    chaos.add_argument(
+        "--kinds",
+        default=None,
+        help="comma-separated fault kinds to draw from (default: all: "
+        "reset,stall,error_event,truncate,http_429,http_500,http_503,connect_drop)",
+    )
+    chaos.add_argument("--seed", type=int, default=None, help="seed of every random decision")
+    chaos.add_argument(
+        "--max-position",
+        type=int,
+        default=64,
+        help="mid-stream faults strike after 0..N content chunks (clamped to the last)",
+    )
+    chaos.add_argument(
+        "--retry-after", type=float, default=1.0, help="Retry-After seconds of http_429 faults"
+    )
+    chaos.add_argument(
+        "--stall-max", type=float, default=300.0, help="longest a stall holds a connection"
+    )
+    chaos.add_argument(
+        "--fault-log", metavar="PATH", default=None, help="append each decision as a JSON line"
+    )
+
     demo = sub.add_parser("demo", help="simulated upstream + daemon + load, with a live view")
     demo.add_argument(
         "--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)"
@@ -147,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "simulate-upstream":
             return _simulate(args)
+        if args.command == "chaos-proxy":
+            return _chaos_proxy(args)
         if args.command == "demo":
             from intact.demo.run import run_demo
 
@@ -237,4 +281,38 @@ def _simulate(args: argparse.Namespace) -> int:
         asyncio.run(serve_forever(settings, args.host, args.port, on_ready=ready))
     except KeyboardInterrupt:
         pass
+    return 0
+
+
+def _chaos_proxy(args: argparse.Namespace) -> int:
+    from intact.chaos import ChaosProxy, ChaosSettings, FaultOdds, serve_until_signalled
+    from intact.chaos.proxy import describe
+    from intact.simulator.faults import ALL_FAULT_KINDS
+
+    kinds = (
+        tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+        if args.kinds
+        else ALL_FAULT_KINDS
+    )
+    try:
+        settings = ChaosSettings(
+            upstream=args.upstream,
+            odds=FaultOdds(fault_rate=args.fault_rate, kinds=kinds, max_position=args.max_position),
+            seed=args.seed,
+            retry_after=args.retry_after,
+            stall_max=args.stall_max,
+            fault_log=args.fault_log,
+        )
+    except ValueError as exc:
+        print(f"intact chaos-proxy: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    def ready(proxy: ChaosProxy) -> None:
+        print(describe(proxy), flush=True)
+
+    try:
+        asyncio.run(serve_until_signalled(settings, args.host, args.port, on_ready=ready))
+    except OSError as exc:
+        print(f"intact chaos-proxy: cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0

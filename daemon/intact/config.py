@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
 
 BackoffGrowth = Literal["exponential", "linear", "fibonacci"]
 JitterKind = Literal["full", "equal", "decorrelated", "none"]
@@ -37,9 +38,11 @@ def setting(
     gt: float | None = None,
     le: float | None = None,
     pattern: str | None = None,
+    shown: str | None = None,
 ) -> Any:
-    """Declare a config key with its default, its meaning and its allowed range."""
-    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "pattern": pattern}
+    """Declare a config key with its default, its meaning and its allowed range; ``shown``
+    describes a default that the config resolves from other keys."""
+    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "pattern": pattern, "shown": shown}
     if isinstance(default, list | dict):
         raise TypeError("use tuples for sequence defaults")
     return field(default=default, metadata=meta)
@@ -62,6 +65,24 @@ class ServerConfig:
     )
     drain_timeout: float = setting(
         30.0, "Seconds in-flight streams may run on after SIGTERM before they are cut.", ge=0
+    )
+    max_app_buffer_bytes: int = setting(
+        4 * 1024 * 1024,
+        "Bytes intact buffers for an app that reads slower than the upstream writes; when "
+        "full, intact stops reading the upstream (TCP backpressure) until the app catches up.",
+        ge=64 * 1024,
+    )
+    app_write_timeout: float = setting(
+        30.0,
+        "Seconds an app may take no bytes while its buffer is full (or its stream's end is "
+        "pending) before the stream is ended with a client_too_slow error event.",
+        gt=0,
+    )
+    slow_app_linger: float = setting(
+        30.0,
+        "Seconds a stream ended as client_too_slow keeps its connection open so the app can "
+        "still read the error event; then the connection is aborted.",
+        ge=0,
     )
     metrics_addr: str = setting(
         "127.0.0.1:9464",
@@ -206,7 +227,9 @@ class TelemetryConfig:
     log_level: LogLevel = setting("info", "Lowest log level written.")
     log_content: bool = setting(
         False,
-        "Reserved for a future opt-in to log prompts and completions; today they are never logged.",
+        "Log each request's prompt messages and the answer text it delivered (one "
+        "`request_content` line at info level). Off by default: prompts and answers can "
+        "hold user data.",
     )
     otlp_endpoint: str = setting(
         "",
@@ -245,9 +268,12 @@ class UpstreamConfig:
         "openai", "gen_ai.provider.name reported in telemetry (openai, azure.ai.openai, ...)."
     )
     resume: ResumeMode = setting(
-        "prefill",
+        "instruct",
         "How a broken stream is continued: prefill (vLLM continue_final_message), "
-        "prefix (DeepSeek/Mistral), instruct (OpenAI), restart (only before any output).",
+        "prefix (DeepSeek/Mistral), instruct (OpenAI), restart (only before any output). "
+        "Unset, it is chosen by the host of base_url (see *Providers and the resume mode "
+        "each needs*); check-config shows the result.",
+        shown="by base_url host",
     )
     max_concurrent_streams: int = setting(
         256, "Attempts in flight to this upstream; more wait up to queue_timeout.", ge=1
@@ -298,8 +324,93 @@ _DEFAULT_UPSTREAM = {
     "name": "default",
     "base_url": "https://api.openai.com/v1",
     "api_key_env": "OPENAI_API_KEY",
-    "resume": "instruct",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderResume:
+    """The resume mode an upstream gets when its config does not set one, by base_url."""
+
+    provider: str
+    host: str  # exact host, or ".suffix" for every host under it
+    mode: ResumeMode
+    why: str
+    path: str = ""  # base_url path prefix ("" = any)
+
+    def matches(self, host: str, path: str) -> bool:
+        if self.host.startswith("."):
+            if not host.endswith(self.host):
+                return False
+        elif host != self.host:
+            return False
+        return not self.path or path == self.path or path.startswith(self.path + "/")
+
+
+# First match wins. Only what a provider documents is assumed; every other host, loopback
+# and self-hosted servers included, gets UNKNOWN_HOST_RESUME.
+PROVIDER_RESUME_DEFAULTS: tuple[ProviderResume, ...] = (
+    ProviderResume(
+        "OpenAI", "api.openai.com", "instruct", "no prefill; unknown fields are rejected"
+    ),
+    ProviderResume("Azure OpenAI", ".openai.azure.com", "instruct", "as OpenAI"),
+    ProviderResume(
+        "Anthropic (OpenAI-compatible API)",
+        "api.anthropic.com",
+        "instruct",
+        "no `continue_final_message`; newer models reject a final assistant message",
+    ),
+    ProviderResume(
+        "Google Gemini (OpenAI-compatible API)",
+        "generativelanguage.googleapis.com",
+        "instruct",
+        "no documented prefill on the OpenAI-compatible API",
+    ),
+    ProviderResume(
+        "DeepSeek, beta endpoint",
+        "api.deepseek.com",
+        "prefix",
+        'chat prefix completion (`"prefix": true`) exists only on the beta endpoint',
+        path="/beta",
+    ),
+    ProviderResume(
+        "DeepSeek, other endpoints", "api.deepseek.com", "instruct", "no prefix completion"
+    ),
+    ProviderResume(
+        "Mistral", "api.mistral.ai", "prefix", '`"prefix": true` on the assistant message'
+    ),
+)
+
+# A host intact does not know may or may not continue a prefill (vLLM needs
+# continue_final_message, a proxy in front of OpenAI rejects it, a server that ignores it
+# answers a fresh turn that would be spliced on). Every chat server can follow instruct.
+UNKNOWN_HOST_RESUME: ResumeMode = "instruct"
+
+
+def default_resume_mode(base_url: str) -> ResumeMode:
+    """The resume mode of an upstream whose config does not set one."""
+    parts = urlsplit(base_url)
+    host = (parts.hostname or "").lower()
+    path = parts.path.rstrip("/")
+    for rule in PROVIDER_RESUME_DEFAULTS:
+        if rule.matches(host, path):
+            return rule.mode
+    return UNKNOWN_HOST_RESUME
+
+
+def resume_defaults_markdown() -> str:
+    """The README's table of providers and the resume mode each gets by default."""
+    lines = ["| upstream (`base_url` host) | default `resume` | why |", "| --- | --- | --- |"]
+    for rule in PROVIDER_RESUME_DEFAULTS:
+        host = f"*{rule.host}" if rule.host.startswith(".") else rule.host
+        path = rule.path or ""
+        lines.append(f"| {rule.provider}: `{host}{path}` | `{rule.mode}` | {rule.why} |")
+    lines.append(
+        f"| anything else: loopback, private addresses, other hosts | "
+        f"`{UNKNOWN_HOST_RESUME}` | intact cannot know that the server continues a prefill; "
+        'every chat server follows an instruction. Set `resume = "prefill"` for vLLM, '
+        "SGLang or llama.cpp, which continue exactly |"
+    )
+    return "\n".join(lines) + "\n"
 
 
 def _hints(cls: type[Any]) -> dict[str, Any]:
@@ -414,6 +525,9 @@ def build_config(raw: Mapping[str, Any]) -> Config:
             raise ConfigError(f"upstreams[{i}] must be a table, got {up!r}")
         # Each upstream inherits the global [retry]/[stream]/[breaker] and overrides per key.
         resolved = dict(up)
+        if "resume" not in resolved and isinstance(resolved.get("base_url", ""), str):
+            base_url = resolved.get("base_url", UpstreamConfig.base_url)
+            resolved["resume"] = default_resume_mode(base_url)
         for name in _OVERRIDABLE:
             resolved[name] = merge_tables(raw.get(name, {}), up.get(name, {}) or {})
         upstreams.append(_build(UpstreamConfig, resolved, f"upstreams[{i}]."))
@@ -566,11 +680,11 @@ def reference_markdown() -> str:
             default: Any = f.default
             if default is dataclasses.MISSING:
                 continue
-            shown = _toml_literal(default)
+            shown = f.metadata.get("shown") or f"`{_toml_literal(default)}`"
             allowed = ""
             if get_origin(hints[f.name]) is Literal:
                 allowed = " Allowed: " + ", ".join(f"`{a}`" for a in get_args(hints[f.name]))
-            lines.append(f"| `{f.name}` | `{shown}` | {f.metadata.get('doc', '')}{allowed} |")
+            lines.append(f"| `{f.name}` | {shown} | {f.metadata.get('doc', '')}{allowed} |")
         lines.append("")
 
     for name, cls in _SECTIONS.items():
@@ -611,6 +725,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Overrides",
+    "ProviderResume",
     "RecoveryConfig",
     "RetryConfig",
     "ServerConfig",
@@ -618,8 +733,10 @@ __all__ = [
     "TelemetryConfig",
     "UpstreamConfig",
     "build_config",
+    "default_resume_mode",
     "merge_tables",
     "reference_markdown",
     "resolve",
+    "resume_defaults_markdown",
     "to_dict",
 ]

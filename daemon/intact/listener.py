@@ -18,7 +18,7 @@ from aiohttp import web
 from intact.errors import AppError, invalid_request, not_found
 from intact.relay.engine import Relay
 from intact.relay.request import parse_chat_request
-from intact.relay.sinks import CompletionSink, SSESink, json_response
+from intact.relay.sinks import AppLimits, CompletionSink, SSESink, json_response
 from intact.resilience.classify import UpstreamFailure
 
 log = structlog.get_logger("intact.listener")
@@ -79,7 +79,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     parsed = parse_chat_request(raw, request.headers)
     if isinstance(parsed, AppError):
         return error_response(parsed)
-    sink: SSESink | CompletionSink = SSESink(request) if parsed.stream else CompletionSink()
+    sink: SSESink | CompletionSink = (
+        SSESink(request, AppLimits.from_config(relay.config.server))
+        if parsed.stream
+        else CompletionSink()
+    )
     await relay.serve(parsed, sink, request.headers)
     if sink.result is None:  # defensive: the relay always ends the response
         return error_response(

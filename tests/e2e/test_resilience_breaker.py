@@ -242,10 +242,12 @@ async def test_a_stream_dropped_after_its_first_chunk_still_counts_as_a_failure(
         sim.schedule_faults(["reset@5", "reset@5"])
         await stream_chat(sdk(d.socket_path))
         snap = d.relay.upstreams[0].breaker.snapshot()
-        # The call: a success at its first chunk, then one more failure when it broke.
-        assert (snap["calls"], snap["failures"]) == (2, 1)
-        await stream_chat(sdk(d.socket_path))
-        assert state(d) is BreakerState.OPEN  # 2 of 4 window entries failed: the threshold
+        # The call: a success at its first chunk, turned into a failure when it broke.
+        assert (snap["calls"], snap["failures"]) == (1, 1)
+        sim.schedule_faults(["reset@5"] * 3)
+        for _ in range(3):
+            await stream_chat(sdk(d.socket_path))
+        assert state(d) is BreakerState.OPEN  # 4 calls, 4 failures
 
 
 async def test_a_retry_waiting_out_retry_after_does_not_call_an_upstream_whose_breaker_opened(

@@ -445,7 +445,7 @@ BreakerMachine.TestCase.settings = settings(max_examples=150, stateful_step_coun
 test_breaker_state_machine = BreakerMachine.TestCase
 
 
-def test_late_failure_after_a_success_counts_as_one_more_failure() -> None:
+def test_late_failure_turns_the_provisional_success_into_a_failure() -> None:
     breaker, _ = make(FakeClock())
     permit = breaker.try_acquire()
     assert permit is not None
@@ -453,7 +453,35 @@ def test_late_failure_after_a_success_counts_as_one_more_failure() -> None:
     permit.record_late_failure()
     permit.record_late_failure()  # only once
     snap = breaker.snapshot()
-    assert (snap["calls"], snap["failures"]) == (2, 1)
+    assert (snap["calls"], snap["failures"]) == (1, 1)
+
+
+def test_late_failure_after_the_success_left_the_window_counts_as_a_new_call() -> None:
+    clock = FakeClock()
+    breaker, _ = make(clock)
+    permit = breaker.try_acquire()
+    assert permit is not None
+    permit.record(CallOutcome.SUCCESS)
+    clock.advance(breaker.config.window * 2)
+    permit.record_late_failure()
+    snap = breaker.snapshot()
+    assert (snap["calls"], snap["failures"]) == (1, 1)
+
+
+def test_an_upstream_that_breaks_90_percent_of_streams_mid_way_opens_the_breaker() -> None:
+    """Regression: each mid-stream drop used to count as 1 success + 1 failure (rate 0.47)."""
+    clock = FakeClock()
+    breaker, log = make(clock, minimum_calls=100, failure_rate_threshold=0.5)
+    for i in range(100):
+        permit = breaker.try_acquire()
+        if permit is None:
+            break
+        permit.record(CallOutcome.SUCCESS)  # the first chunk arrived
+        if i % 10:
+            permit.record_late_failure()  # ...then the stream broke
+        clock.advance(0.01)
+    assert breaker.state is OPEN
+    assert log[-1] == ("up", CLOSED, OPEN)
 
 
 def test_late_failure_without_a_success_is_ignored() -> None:

@@ -21,7 +21,8 @@ from intact.simulator import (
     parse_fault_spec,
 )
 from intact.simulator.faults import FaultSpec
-from intact.simulator.text import answer_for
+from intact.simulator.styles import paraphrase
+from intact.simulator.text import Variant, answer_for
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -375,31 +376,79 @@ async def test_continuation_with_shrunk_max_tokens_matches_the_uninterrupted_res
         assert rest_finish == finish == "length"
 
 
-async def test_repeat_quirk_starts_with_ten_or_more_chars_of_the_prefill_tail(
+async def test_prefill_and_prefix_never_repeat_even_with_instruct_quirks_at_one(
     start_sim: StartSim, http: aiohttp.ClientSession
 ) -> None:
-    sim = await start_sim(repeat_prob=1.0, whitespace_variation_prob=0.0)
+    sim = await start_sim(repeat_prob=1.0, restart_prob=1.0, paraphrase_prob=1.0)
+    full = answer_for(MESSAGES).text
+    for style in ("prefill", "prefix"):
+        for cut in (25, 64, 101):
+            text, _ = await complete_text(http, sim, continuation_body(style, full[:cut]))
+            assert full[:cut] + text == full
+
+
+async def test_instruct_repeat_quirk_starts_with_the_last_words_of_the_partial(
+    start_sim: StartSim, http: aiohttp.ClientSession
+) -> None:
+    sim = await start_sim(repeat_prob=1.0, whitespace_variation_prob=0.0, max_repeat_words=3)
     full = answer_for(MESSAGES).text
     for cut in (25, 64, 101, 150):
         partial = full[:cut]
-        text, _ = await complete_text(http, sim, continuation_body("prefix", partial))
+        text, _ = await complete_text(http, sim, continuation_body("instruct", partial))
         rest = full[cut:]
         assert text.endswith(rest)
         echoed = text[: len(text) - len(rest)]
-        assert len(echoed) >= 10
-        assert partial.endswith(echoed)
+        assert partial.endswith(echoed) and 1 <= len(echoed.split()) <= 3
         start = cut - len(echoed)
         assert start == 0 or partial[start - 1].isspace()
 
 
-async def test_restart_quirk_sends_the_whole_answer_again(
+async def test_instruct_restart_quirk_sends_the_whole_answer_again(
     start_sim: StartSim, http: aiohttp.ClientSession
 ) -> None:
     sim = await start_sim(restart_prob=1.0)
     full = answer_for(MESSAGES).text
-    text, finish = await complete_text(http, sim, continuation_body("prefill", full[:70]))
+    text, finish = await complete_text(http, sim, continuation_body("instruct", full[:70]))
     assert text == full
     assert finish == "stop"
+
+
+async def test_instruct_paraphrase_quirk_rewords_the_start_and_goes_elsewhere(
+    start_sim: StartSim, http: aiohttp.ClientSession
+) -> None:
+    sim = await start_sim(paraphrase_prob=1.0)
+    full = expected_answer(MESSAGES, variant=Variant(style="code")).content or ""
+    body = {**continuation_body("instruct", full[:50]), "model": "sim-1:code"}
+    text, _ = await complete_text(http, sim, body)
+    assert text != full and text[:20] != full[:20]
+    assert any(text.startswith(paraphrase(full[:k])) for k in range(2, 30))
+
+
+async def test_prefill_echo_quirk_repeats_the_partial_in_the_first_delta(
+    start_sim: StartSim, http: aiohttp.ClientSession
+) -> None:
+    sim = await start_sim(prefill_echo_prob=1.0)
+    full = answer_for(MESSAGES).text
+    events = await post_stream(http, sim, continuation_body("prefill", full[:40]))
+    contents = [c["choices"][0]["delta"]["content"] for c in content_chunks(events)]
+    assert contents[1] == full[:40]  # after the role chunk's ""
+    assert "".join(contents[2:]) == full[40:]
+
+
+@pytest.mark.parametrize("style", ["prose", "code", "table", "cjk", "json"])
+async def test_prefill_at_chunk_boundaries_of_every_style_restores_the_answer(
+    style: str, sim: SimulatedUpstream, http: aiohttp.ClientSession
+) -> None:
+    body = chat_body(model=f"sim-2:{style}")
+    events = await post_stream(http, sim, body)
+    pieces = [c["choices"][0]["delta"]["content"] for c in content_chunks(events)][1:]
+    full = "".join(pieces)
+    assert full == expected_answer(MESSAGES, variant=Variant(style=style)).content
+    for chunks in range(0, len(pieces), max(1, len(pieces) // 7)):
+        partial = "".join(pieces[:chunks])
+        resume = {**continuation_body("prefill", partial), "model": f"sim-2:{style}"}
+        text, finish = await complete_text(http, sim, resume)
+        assert partial + text == full and finish == "stop", chunks
 
 
 # --- faults as a client sees them ------------------------------------------------------------

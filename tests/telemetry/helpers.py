@@ -39,7 +39,7 @@ def daemon_config(tmp_path: Path, base_url: str, **over: Any) -> Config:
         "retry": {"base_delay": 0.01, "max_delay": 0.02, "budget_min_per_second": 100.0},
         "stream": {"stall_timeout": 0.3, "first_token_timeout": 1.0, "connect_timeout": 1.0},
         "telemetry": {"log_format": "json"},
-        "upstreams": [{"name": "sim", "base_url": base_url}],
+        "upstreams": [{"name": "sim", "base_url": base_url, "resume": "prefill"}],
     }  # fmt: skip
     return build_config(merge_tables(raw, over))
 

@@ -1,4 +1,7 @@
-"""The splicer: continuation text is joined onto the partial answer without overlap."""
+"""The splicer: a continuation joins the partial answer with nothing lost and nothing doubled.
+
+Every case runs with the continuation fed whole, one char at a time, and in random pieces.
+"""
 
 from __future__ import annotations
 
@@ -7,99 +10,50 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from intact.recovery.splice import ContinuationDiverged, ContinuationSplicer, SpliceLimits
-from intact.simulator import expected_answer
 
 DEFAULT_LIMITS = SpliceLimits()
+DIVERGED = "<ContinuationDiverged>"
 
 
-def splice(sent: str, pieces: list[str], limits: SpliceLimits = DEFAULT_LIMITS) -> str:
-    sp = ContinuationSplicer(sent, limits)
-    out = [sent]
+def splice(
+    sent: str,
+    pieces: list[str],
+    mode: str,
+    limits: SpliceLimits = DEFAULT_LIMITS,
+) -> str:
+    """What the app ends up with; checks the splicer's contract on the way."""
+    sp = ContinuationSplicer(sent, limits, mode=mode)
+    cont = "".join(pieces)
+    bound = limits.max_overlap_chars + min(len(sent.rstrip()), limits.max_overlap_chars)
+    forwarded: list[str] = []
+    held = 0
     for piece in pieces:
+        was_decided = sp.decided
         got = sp.feed(piece)
-        if got:
-            out.append(got)
-    out.append(sp.finish())
-    return "".join(out)
+        if was_decided:
+            assert got is piece  # straight through once decided
+        if got is None:
+            held += len(piece)
+            assert held <= bound, "held back more than the bound"
+            assert not sp.decided
+        else:
+            assert sp.decided
+            forwarded.append(got)
+    forwarded.append(sp.finish())
+    assert sp.decided
+    # Whatever is dropped is the start of the continuation; the rest is forwarded intact.
+    assert "".join(forwarded) == cont[sp.dropped_chars :]
+    return sent + "".join(forwarded)
 
 
-def test_plain_continuation_passes_through() -> None:
-    assert splice("The quick brown", [" fox", " jumps."]) == "The quick brown fox jumps."
+def outcome(sent: str, pieces: list[str], mode: str, limits: SpliceLimits = DEFAULT_LIMITS) -> str:
+    try:
+        return splice(sent, pieces, mode, limits)
+    except ContinuationDiverged:
+        return DIVERGED
 
 
-def test_repeated_tail_is_dropped() -> None:
-    assert (
-        splice("The quick brown fox", ["quick brown", " fox jumps."])
-        == "The quick brown fox jumps."
-    )
-
-
-def test_repeat_of_a_word_cut_in_half_is_dropped() -> None:
-    assert (
-        splice("Hello there, gener", ["there, gener", "al Kenobi."])
-        == "Hello there, general Kenobi."
-    )
-
-
-def test_repeat_with_different_whitespace_is_dropped() -> None:
-    sent = "First paragraph ends.\n\nSecond starts"
-    assert splice(sent, ["ends. Second starts", " here."]) == sent + " here."
-
-
-def test_restart_from_the_beginning_is_dropped() -> None:
-    sent = "Step one: open the box. Step two"
-    assert splice(sent, [sent[:10], sent[10:], ": close it."]) == sent + ": close it."
-
-
-def test_repeat_of_a_short_trailing_word_fragment_is_dropped() -> None:
-    # An instruct-style model restarts the word it was cut in: "capi" + "capital".
-    assert splice("It is the capi", ["capital of France."]) == "It is the capital of France."
-    assert splice("So I", [" I think so."]) == "So I think so."
-
-
-def test_short_coincidental_overlap_is_kept() -> None:
-    # "to it" is shorter than min_overlap_chars and more than the trailing word: it cannot be
-    # told from natural text, so it is kept.
-    assert splice("He said no to it", ["to it."]) == "He said no to itto it."
-
-
-def test_repeat_after_a_leading_space_is_dropped() -> None:
-    assert splice("one two three", [" two three", " four"]) == "one two three four"
-
-
-def test_restart_that_departs_from_sent_text_is_diverged() -> None:
-    sent = "The answer depends on three separate factors that we consider"
-    with pytest.raises(ContinuationDiverged):
-        splice(sent, ["The answer depends on three separate factors, namely cost."])
-
-
-def test_continuation_that_stops_inside_a_repeat_adds_nothing() -> None:
-    sent = "The answer depends on three separate factors that we consider"
-    assert splice(sent, ["The answer depends on three separate"]) == sent
-
-
-def test_overlap_only_within_max_overlap_window_or_from_start() -> None:
-    sent = "alpha beta gamma " + "x" * 100 + " delta epsilon"
-    limits = SpliceLimits(min_overlap_chars=8, max_overlap_chars=20)
-    # "gamma ..." starts too far back to be a tail repeat, and it is not the start.
-    out = splice(sent, ["gamma zeta"], limits)
-    assert out == sent + "gamma zeta"
-
-
-def test_short_held_text_is_released_when_the_stream_ends() -> None:
-    assert splice("The cat sat on the mat", ["on th"]) == "The cat sat on the maton th"
-
-
-def test_empty_sent_text_passes_everything() -> None:
-    assert splice("", ["Hello", " world"]) == "Hello world"
-
-
-def _answers() -> st.SearchStrategy[str]:
-    words = st.text(alphabet="abcdefghijklmnopqrstuvwxyz ", min_size=3, max_size=30)
-    return words.map(lambda w: expected_answer([{"role": "user", "content": w}]).content or "")
-
-
-def _chunks(text: str, sizes: list[int]) -> list[str]:
+def chunked(text: str, sizes: list[int]) -> list[str]:
     out, i = [], 0
     for size in sizes:
         if i >= len(text):
@@ -111,40 +65,470 @@ def _chunks(text: str, sizes: list[int]) -> list[str]:
     return out
 
 
-def _boundaries(text: str, lo: int, hi: int) -> list[int]:
-    return [j for j in range(lo, hi) if j == 0 or (text[j - 1].isspace() and not text[j].isspace())]
+SPLITS = {"whole": lambda text: [text], "chars": list}
 
-
-@settings(max_examples=400, deadline=None)
-@given(
-    answer=_answers(),
-    cut=st.floats(0.02, 0.98),
-    sizes=st.lists(st.integers(1, 12), max_size=60),
-    behaviour=st.sampled_from(["none", "repeat", "restart", "repeat_ws", "repeat_word"]),
-    pick=st.integers(0, 10**6),
+# (partial, continuation, prefill result, instruct result).
+# prefill: the model continues its own tokens, so its text is kept, doubles included.
+# instruct: the model was shown the partial; repeats of its tail and restarts are removed.
+CODE_TAIL = "int main() {\n  if (x) {\n    y();\n  }"
+HTML_TAIL = "<div>\n  <div>\n    <p>hi</p>\n  </div>"
+RUBY_TAIL = "class A\n  def b\n    1\n  end"
+TABLE = "| a | b |\n|---|---|\n| 1 | 2 |"
+IF_IF = "if a:\n    return None\nif b:\n"
+TOKYO = "东京是日本的首都，也是"
+ABOUT = "Let me tell you what the fuss is all about"
+PLAN = "Sure! Here is a short plan for the trip. First, we"
+PLAN_AGAIN = "Sure! Here's a short plan for the trip. First, we pack."
+TEST_CODE = (
+    "    def test_create(self):\n"
+    "        response = self.client.post('/items', {'name': 'a'})\n"
+    "        self.assertEqual(response.status_code, 201)\n"
+    "        self.assertEqual(response.json()['name'], 'a')\n"
+    "\n"
+    "    def test_create_again(self):\n"
+    "        response = self.client.post('/items', {'name': 'b'})\n"
+    "        self.assertEqual(response.status_code,"
 )
-def test_spliced_text_equals_the_answer(
-    answer: str, cut: float, sizes: list[int], behaviour: str, pick: int
+TEST_CODE_REST = " 201)\n        self.assertEqual(response.json()['name'], 'b')\n"
+
+REPORTED = {
+    "doubled-word": ("She had", " had enough.", "She had had enough.", "She had enough."),
+    "c-closing-braces": (CODE_TAIL, "\n}\n", CODE_TAIL + "\n}\n", CODE_TAIL + "\n}\n"),
+    "html-closing-tags": (
+        HTML_TAIL,
+        "\n</div>\n",
+        HTML_TAIL + "\n</div>\n",
+        HTML_TAIL + "\n</div>\n",
+    ),
+    "ruby-end": (RUBY_TAIL, "\nend\n", RUBY_TAIL + "\nend\n", RUBY_TAIL + "\nend\n"),
+    "table-rows": (TABLE, "\n| 3 | 4 |", TABLE + "\n| 3 | 4 |", TABLE + "\n| 3 | 4 |"),
+    "repeated-line-then-finish": (
+        IF_IF,
+        "    return None\n",
+        IF_IF + "    return None\n",
+        IF_IF + "    return None\n",
+    ),
+    # A prefill model given "...if b:" (the newline cut from the prompt) sends it again.
+    "repeated-line-after-regenerated-newline": (
+        IF_IF,
+        "\n    return None\n",
+        IF_IF + "    return None\n",
+        IF_IF + "\n    return None\n",
+    ),
+    "cjk-repeat": (
+        TOKYO,
+        "也是世界上最大的城市之一。",
+        TOKYO + "也是世界上最大的城市之一。",
+        TOKYO + "世界上最大的城市之一。",
+    ),
+    "one-short-word-repeat": (
+        ABOUT,
+        " about the weather.",
+        ABOUT + " about the weather.",
+        ABOUT + " the weather.",
+    ),
+    "one-short-word-repeat-glued": (
+        ABOUT,
+        "about the weather.",
+        ABOUT + "about the weather.",
+        ABOUT + " the weather.",
+    ),
+    "one-short-word-repeat-after-space": (
+        ABOUT + " ",
+        "about the weather.",
+        ABOUT + " about the weather.",
+        ABOUT + " the weather.",
+    ),
+    "paraphrased-restart": (PLAN, PLAN_AGAIN, PLAN + PLAN_AGAIN, DIVERGED),
+    "earlier-line-reused": (
+        TEST_CODE,
+        TEST_CODE_REST,
+        TEST_CODE + TEST_CODE_REST,
+        TEST_CODE + TEST_CODE_REST,
+    ),
+}
+
+
+@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("mode", ["prefill", "prefix", "instruct"])
+@pytest.mark.parametrize("case", REPORTED)
+def test_reported_failures(case: str, mode: str, split: str) -> None:
+    sent, cont, prefill, instruct = REPORTED[case]
+    expected = instruct if mode == "instruct" else prefill
+    assert outcome(sent, SPLITS[split](cont), mode) == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    case=st.sampled_from(sorted(REPORTED)),
+    mode=st.sampled_from(["prefill", "instruct"]),
+    sizes=st.lists(st.integers(1, 9), max_size=40),
+)
+def test_reported_failures_in_random_pieces(case: str, mode: str, sizes: list[int]) -> None:
+    sent, cont, prefill, instruct = REPORTED[case]
+    expected = instruct if mode == "instruct" else prefill
+    assert outcome(sent, chunked(cont, sizes), mode) == expected
+
+
+NESTED = "fn a() {\n    if x {\n        if y {\n            z();\n        }"
+PROSE = "She said that"
+LIST = "Steps:\n- open the box\n- take out the"
+JSON_TAIL = '{\n  "items": [\n    {"id": 1},\n    {"id": 2}'
+ECHO = "The capital of France is"
+
+ADVERSARIAL = {
+    # Code: the next closing lines are new, even when one looks like the last.
+    "nested-closing-lines": (
+        NESTED,
+        "\n    }\n}\n",
+        NESTED + "\n    }\n}\n",
+        NESTED + "\n    }\n}\n",
+    ),
+    "nested-closing-line-repeated": (
+        NESTED,
+        "\n        }\n    }\n}\n",
+        NESTED + "\n        }\n    }\n}\n",
+        NESTED + "\n    }\n}\n",
+    ),
+    "closing-line-after-newline": ("x {\n  }\n", "}\n", "x {\n  }\n}\n", "x {\n  }\n}\n"),
+    "json-next-item": (
+        JSON_TAIL,
+        ',\n    {"id": 3}\n  ]\n}',
+        JSON_TAIL + ',\n    {"id": 3}\n  ]\n}',
+        JSON_TAIL + ',\n    {"id": 3}\n  ]\n}',
+    ),
+    "json-item-repeated-inline": (
+        JSON_TAIL,
+        '    {"id": 2},\n    {"id": 3}\n  ]\n}',
+        JSON_TAIL + '    {"id": 2},\n    {"id": 3}\n  ]\n}',
+        JSON_TAIL + ',\n    {"id": 3}\n  ]\n}',
+    ),
+    "json-item-repeated-as-a-line": (
+        JSON_TAIL,
+        '\n    {"id": 2},\n    {"id": 3}\n  ]}',
+        JSON_TAIL + '\n    {"id": 2},\n    {"id": 3}\n  ]}',
+        JSON_TAIL + ',\n    {"id": 3}\n  ]}',
+    ),
+    # Markdown.
+    "list-continues": (
+        LIST,
+        " manual\n- read it\n",
+        LIST + " manual\n- read it\n",
+        LIST + " manual\n- read it\n",
+    ),
+    "list-item-repeated": (
+        LIST,
+        "- take out the manual\n",
+        LIST + "- take out the manual\n",
+        LIST + " manual\n",
+    ),
+    "list-item-like-the-first-is-not-a-restart": (
+        "- **Step 1**: open the box\n",
+        "- **Step 2**: close the box\n",
+        "- **Step 1**: open the box\n- **Step 2**: close the box\n",
+        "- **Step 1**: open the box\n- **Step 2**: close the box\n",
+    ),
+    "table-row-after-newline": (
+        TABLE + "\n",
+        "| 3 | 4 |\n",
+        TABLE + "\n| 3 | 4 |\n",
+        TABLE + "\n| 3 | 4 |\n",
+    ),
+    # Natural doubles: kept by prefill; instruct cannot tell them from a repeat.
+    "that-that": (PROSE, " that was fine.", PROSE + " that was fine.", PROSE + " was fine."),
+    # Instruct: a space doubling the partial's trailing space is dropped, newlines are kept.
+    "doubled-space": (
+        "The capital of ",
+        " France.",
+        "The capital of France.",
+        "The capital of France.",
+    ),
+    "newline-after-newline": ("Rows:\n", "\n- a\n", "Rows:\n- a\n", "Rows:\n\n- a\n"),
+    # A word that merely starts like the last one is not a repeat of it.
+    "longer-word": ("He is in the", " theater.", "He is in the theater.", "He is in the theater."),
+    "longer-word-after-space": (
+        "He is in the ",
+        "theater.",
+        "He is in the theater.",
+        "He is in the theater.",
+    ),
+    # Instruct: a model restarting the word it was cut in.
+    "word-restart": (
+        "It is the capi",
+        "capital of France.",
+        "It is the capicapital of France.",
+        "It is the capital of France.",
+    ),
+    "words-restart": (
+        "Hello there, gener",
+        " there, general Kenobi.",
+        "Hello there, gener there, general Kenobi.",
+        "Hello there, general Kenobi.",
+    ),
+    # CJK: a single repeated character is too often natural to drop.
+    "cjk-one-char": ("谢", "谢你。", "谢谢你。", "谢谢你。"),
+    # The whole partial again: llama-server's echo (prefill), a restart (instruct).
+    "echo": (ECHO, ECHO + " Paris.", ECHO + " Paris.", ECHO + " Paris."),
+    "echo-with-trailing-newlines": (
+        "Hello world.\n\n",
+        "Hello world.\n\nNext.",
+        "Hello world.\n\nNext.",
+        "Hello world.\n\nNext.",
+    ),
+    "echo-of-the-stripped-prompt": (
+        "Hello world.\n\n",
+        "Hello world.\nNext.",
+        "Hello world.\n\nNext.",
+        "Hello world.\n\nNext.",
+    ),
+    "echo-then-nothing": (ECHO, ECHO, ECHO, ECHO),
+    # Short partials.
+    "one-word-partial": ("Sure", ", here it is.", "Sure, here it is.", "Sure, here it is."),
+    "one-word-partial-echoed": (
+        "Sure",
+        "Sure, here it is.",
+        "Sure, here it is.",
+        "Sure, here it is.",
+    ),
+    "one-letter-partial-double-letter": ("l", "lama", "llama", "lama"),
+    "symbol-partial-followed-by-itself": ("#", "## Title", "### Title", "### Title"),
+    "symbols-starting-like-the-last-line": (
+        "| a |\n| ---",
+        " | --- |\n",
+        "| a |\n| --- | --- |\n",
+        "| a |\n| --- | --- |\n",
+    ),
+    "code-fence-cut-inside": ("Code:\n`", "``python\n", "Code:\n```python\n", "Code:\n```python\n"),
+    # Partials that are only whitespace.
+    "whitespace-partial": ("\n\n", "Hello", "\n\nHello", "\n\nHello"),
+    # An instruct model saw the trailing whitespace: what it sends is its own.
+    "whitespace-partial-regenerated": ("\n\n", "\n\nHello", "\n\n\n\nHello", "\n\n\n\nHello"),
+    # Empty and whitespace-only continuations.
+    "empty": ("Hello.", "", "Hello.", "Hello."),
+    "whitespace-only": ("Hello.", "\n\n", "Hello.\n\n", "Hello.\n\n"),
+    "whitespace-only-regenerated": ("Hello.\n\n", "\n\n", "Hello.\n\n", "Hello.\n\n\n\n"),
+    "whitespace-only-different": ("Hello.\n\n", "  ", "Hello.\n\n  ", "Hello.\n\n  "),
+}
+
+
+@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("mode", ["prefill", "instruct"])
+@pytest.mark.parametrize("case", ADVERSARIAL)
+def test_adversarial(case: str, mode: str, split: str) -> None:
+    sent, cont, prefill, instruct = ADVERSARIAL[case]
+    expected = instruct if mode == "instruct" else prefill
+    assert outcome(sent, SPLITS[split](cont), mode) == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    case=st.sampled_from(sorted(ADVERSARIAL)),
+    mode=st.sampled_from(["prefill", "instruct"]),
+    sizes=st.lists(st.integers(1, 9), max_size=40),
+)
+def test_adversarial_in_random_pieces(case: str, mode: str, sizes: list[int]) -> None:
+    sent, cont, prefill, instruct = ADVERSARIAL[case]
+    expected = instruct if mode == "instruct" else prefill
+    assert outcome(sent, chunked(cont, sizes), mode) == expected
+
+
+# Cases of the previous splicer that still hold (instruct) and what prefill makes of them.
+EARLIER = {
+    "plain": (
+        "The quick brown",
+        " fox jumps.",
+        "The quick brown fox jumps.",
+        "The quick brown fox jumps.",
+    ),
+    "tail-repeat": (
+        "The quick brown fox",
+        "quick brown fox jumps.",
+        "The quick brown foxquick brown fox jumps.",
+        "The quick brown fox jumps.",
+    ),
+    "tail-repeat-after-space": (
+        "one two three",
+        " two three four",
+        "one two three two three four",
+        "one two three four",
+    ),
+    "trailing-word": ("So I", " I think so.", "So I I think so.", "So I think so."),
+    "short-tail-repeat": (
+        "He said no to it",
+        "to it.",
+        "He said no to itto it.",
+        "He said no to it.",
+    ),
+    "restart-that-departs": (
+        "The answer depends on three separate factors that we consider",
+        "The answer depends on three separate factors, namely cost.",
+        "The answer depends on three separate factors that we considerThe answer depends on "
+        "three separate factors, namely cost.",
+        DIVERGED,
+    ),
+}
+
+
+@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("mode", ["prefill", "instruct"])
+@pytest.mark.parametrize("case", EARLIER)
+def test_earlier_cases(case: str, mode: str, split: str) -> None:
+    sent, cont, prefill, instruct = EARLIER[case]
+    expected = instruct if mode == "instruct" else prefill
+    assert outcome(sent, SPLITS[split](cont), mode) == expected
+
+
+# --- the prompt and the whitespace at the seam ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "sent", "prompt"),
+    [
+        ("prefill", "Hello.\n\n", "Hello."),
+        ("prefix", "One two ", "One two"),
+        ("prefill", "Hello.", "Hello."),
+        ("prefill", " \n\n", " \n\n"),  # stripping would leave nothing
+        ("prefill", "", ""),
+        ("instruct", "Hello.\n\n", "Hello.\n\n"),
+    ],
+)
+def test_prompt_text_cuts_trailing_whitespace_only_for_prefill(
+    mode: str, sent: str, prompt: str
 ) -> None:
-    """Against the simulator's prose: whatever the model repeats, the app gets the answer."""
-    k = max(1, int(len(answer) * cut))
-    sent, rest = answer[:k], answer[k:]
-    if behaviour == "none":
-        cont = rest
-    elif behaviour == "restart":
-        cont = answer
-    elif behaviour == "repeat_word":
-        # An instruct-style model restarts the word it was cut in.
-        fragment = "" if sent[-1].isspace() else sent.split()[-1]
-        cont = fragment + rest
-    else:
-        starts = [j for j in _boundaries(sent, max(0, k - 40), k) if k - j >= 10] or [0]
-        j = starts[pick % len(starts)]
-        tail = sent[j:]
-        if behaviour == "repeat_ws":
-            # Re-flow whitespace inside the repeat (not at its very end, where a varied
-            # run is indistinguishable from new whitespace).
-            body, end = tail.rstrip(), tail[len(tail.rstrip()) :]
-            tail = body.replace("\n\n", " ").replace(" ", "  ", 1) + end
-        cont = tail + rest
-    assert splice(sent, _chunks(cont, sizes)) == answer
+    assert ContinuationSplicer(sent, mode=mode).prompt_text == prompt
+
+
+@pytest.mark.parametrize(
+    ("sent", "cont", "expected"),
+    [
+        ("a\n\n", "\n\nb", "a\n\nb"),  # regenerated exactly: dropped
+        ("a\n", "\n\nb", "a\n\nb"),  # one more newline than was cut: that one is kept
+        ("a\n\n", "\nb", "a\n\nb"),  # less than was cut: all of it is already there
+        ("a\n\n", "b", "a\n\nb"),  # none regenerated: nothing dropped
+        ("a ", " b", "a b"),
+        ("a ", "\tb", "a \tb"),  # different whitespace is the model's own
+    ],
+)
+@pytest.mark.parametrize("split", SPLITS)
+def test_prefill_whitespace_regenerated_after_the_cut_is_not_sent_twice(
+    sent: str, cont: str, expected: str, split: str
+) -> None:
+    assert splice(sent, SPLITS[split](cont), "prefill") == expected
+
+
+def test_whitespace_only_continuation_is_held_no_longer_than_the_bound() -> None:
+    # Each space could still be the start of whitespace the partial ends with (prefill) or
+    # lead a repeat (instruct): held, but only up to max_overlap_chars + len("Hello").
+    limits = SpliceLimits(max_overlap_chars=16)
+    for mode in ("prefill", "instruct"):
+        sp = ContinuationSplicer("Hello" + " " * 100, limits, mode=mode)
+        released = [sp.feed(" ") for _ in range(200)]
+        assert sp.decided
+        assert released[: 16 + 5] == [None] * 21
+        assert None not in released[21:]
+    assert splice("Hello", [" "] * 200, "instruct", limits) == "Hello" + " " * 200
+
+
+# --- instruct: repeats, restarts, windows ----------------------------------------------------
+
+
+def test_instruct_restart_reaching_the_cut_is_dropped_and_the_rest_forwarded() -> None:
+    sent = "Step one: open the box. Step two"
+    for split in SPLITS.values():
+        assert splice(sent, split(sent + ": close it."), "instruct") == sent + ": close it."
+
+
+def test_instruct_restart_that_stops_before_the_cut_cannot_be_placed() -> None:
+    sent = "The answer depends on three separate factors that we consider"
+    with pytest.raises(ContinuationDiverged):
+        splice(sent, ["The answer depends on three separate"], "instruct")
+    # prefill never restarts: it is text (however unlikely).
+    assert splice(sent, ["The answer"], "prefill") == sent + "The answer"
+
+
+def test_instruct_restart_sharing_only_a_word_with_the_start_is_text() -> None:
+    sent = "The box is open. Then"
+    assert splice(sent, [" The lid comes off."], "instruct") == sent + " The lid comes off."
+
+
+def test_instruct_fragment_of_the_tail_at_the_end_is_kept() -> None:
+    # Not a repeat reaching the end of the partial, not a restart: natural text is kept.
+    assert splice("The cat sat on the mat", ["on th"], "instruct") == "The cat sat on the maton th"
+
+
+def test_instruct_tail_repeats_start_within_max_overlap_chars() -> None:
+    sent = "alpha beta gamma " + "x" * 100 + " delta epsilon"
+    limits = SpliceLimits(max_overlap_chars=20)
+    assert splice(sent, ["gamma zeta"], "instruct", limits) == sent + "gamma zeta"
+    assert splice(sent, [" delta epsilon zeta"], "instruct", limits) == sent + " zeta"
+
+
+def test_instruct_prefers_the_longest_repeat() -> None:
+    sent = "ha ha"
+    assert splice(sent, ["ha ha ha!"], "instruct") == "ha ha ha!"
+
+
+def test_instruct_repeat_of_the_last_line_after_a_newline() -> None:
+    sent = "a = 1\n  b = 2\n"
+    assert splice(sent, ["  b = 2\n  c = 3\n"], "instruct") == "a = 1\n  b = 2\n  c = 3\n"
+    # Same text, other indentation: a different line.
+    assert splice(sent, ["b = 2\n"], "instruct") == sent + "b = 2\n"
+
+
+def test_instruct_paraphrase_at_a_line_start_needs_divergence_chars() -> None:
+    sent = "```python\nimport os\n```\n\nAnd the test:\n"
+    # A second code block starts like the first: natural, not a restart.
+    assert (
+        splice(sent, ["```python\ndef test():\n"], "instruct") == sent + "```python\ndef test():\n"
+    )
+    long_start = "The configuration file is read once at start-up and then"
+    with pytest.raises(ContinuationDiverged):
+        splice(long_start + " kept.\n", [long_start[:40] + " reloaded on SIGHUP."], "instruct")
+
+
+# --- echo of a long partial, bounds, bookkeeping ----------------------------------------------
+
+
+def test_prefill_echo_of_a_long_partial_in_one_delta_is_dropped() -> None:
+    limits = SpliceLimits(max_overlap_chars=64)
+    sent = "word " * 100 + "end"
+    assert splice(sent, [sent + " more."], "prefill", limits) == sent + " more."
+
+
+def test_prefill_echo_longer_than_the_bound_in_pieces_is_diverged() -> None:
+    # Too long to hold back until the echo is known to be whole; an explicit error beats
+    # a doubled answer.
+    limits = SpliceLimits(max_overlap_chars=64)
+    sent = "word " * 100 + "end"
+    with pytest.raises(ContinuationDiverged):
+        splice(sent, chunked(sent + " more.", [4] * 200), "prefill", limits)
+
+
+def test_dropped_chars_counts_the_dropped_start_of_the_continuation() -> None:
+    sp = ContinuationSplicer("The quick brown", mode="instruct")
+    assert sp.feed("quick") is None
+    assert sp.feed(" brown") is None
+    assert sp.feed(" fox") == " fox"
+    assert sp.dropped_chars == len("quick brown")
+    assert sp.finish() == ""
+
+
+def test_decided_splicer_passes_text_straight_through() -> None:
+    sp = ContinuationSplicer("Hello", mode="prefill")
+    assert sp.feed(" world") == " world"
+    assert sp.decided
+    piece = "".join(["!"] * 3)
+    assert sp.feed(piece) is piece
+    assert sp.dropped_chars == 0
+
+
+@pytest.mark.parametrize("mode", ["prefill", "instruct"])
+def test_empty_partial_is_decided_from_the_start(mode: str) -> None:
+    sp = ContinuationSplicer("", mode=mode)
+    assert sp.decided
+    assert sp.feed("Hello") == "Hello"
+
+
+def test_unknown_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="restart"):
+        ContinuationSplicer("x", mode="restart")

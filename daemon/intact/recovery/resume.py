@@ -4,16 +4,44 @@ Each mode is a small function from (original request, partial text) to the conti
 request; every other field of the original request is kept. The seed article's mistake was
 to drop the partial text from the continuation prompt, so the model could not know where
 to go on; every mode here carries the partial text verbatim.
+
+Which mode a request gets is the upstream's (``resume`` in its config), narrowed by the app's
+``intact-resume`` header: see ``effective_resume_mode``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from intact.config import ResumeMode
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
 ResumeBuilder = Callable[[dict[str, Any], str, str], dict[str, Any]]
+
+# Values of the app's `intact-resume` header: "off" plus every upstream resume mode.
+REQUEST_RESUME_MODES: Final = ("off", "prefill", "prefix", "instruct", "restart")
+
+# What an upstream configured for a mode can also be asked to do. Every chat server can
+# answer an instruct-style continuation and a re-run; prefill and prefix are server features.
+_ALLOWED_BY_UPSTREAM: Final[Mapping[str, frozenset[str]]] = {
+    "prefill": frozenset({"prefill", "instruct", "restart"}),
+    "prefix": frozenset({"prefix", "instruct", "restart"}),
+    "instruct": frozenset({"instruct", "restart"}),
+    "restart": frozenset({"restart"}),
+}
+
+
+def effective_resume_mode(upstream_mode: str, requested: str | None) -> str:
+    """The resume mode of one request on one upstream.
+
+    No header: the upstream's mode. A header the upstream can honour wins. A mode the
+    upstream cannot do (prefill on an instruct-only provider) becomes ``"off"``: the app
+    asked for a specific way of continuing, so it gets an explicit error rather than a
+    continuation made another way.
+    """
+    if requested is None:
+        return upstream_mode
+    if requested == "off" or requested in _ALLOWED_BY_UPSTREAM.get(upstream_mode, ()):
+        return requested
+    return "off"
 
 
 def _with_messages(original: dict[str, Any], extra: list[dict[str, Any]]) -> dict[str, Any]:
@@ -50,23 +78,28 @@ def resume_request(
     original: dict[str, Any],
     partial: str,
     *,
-    mode: ResumeMode,
+    mode: str,
     generated_tokens: int,
     instruct_prompt: str,
 ) -> dict[str, Any]:
     """The body of the next attempt after an interruption.
 
     With no partial text the original request is simply sent again (the splice layer hides
-    whatever the app already saw, e.g. the role delta). ``restart`` never reaches here with
-    partial text: the caller refuses that case with an explicit error.
+    whatever the app already saw, e.g. the role delta). ``restart`` and ``off`` never reach
+    here with partial text: the caller refuses that case with an explicit error.
     """
-    if not partial or mode == "restart":
-        body = dict(original)
-    else:
-        body = BUILDERS[mode](original, partial, instruct_prompt)
+    builder = BUILDERS.get(mode)
+    body = builder(original, partial, instruct_prompt) if partial and builder else dict(original)
     # The budget for new tokens shrinks by what was already generated.
     for key in ("max_tokens", "max_completion_tokens"):
         limit = original.get(key)
         if isinstance(limit, int) and not isinstance(limit, bool) and generated_tokens:
             body[key] = max(1, limit - generated_tokens)
     return body
+
+
+def json_response_format(body: Mapping[str, Any]) -> str | None:
+    """The structured-output type the request asks for (``json_object``/``json_schema``)."""
+    fmt = body.get("response_format")
+    kind = fmt.get("type") if isinstance(fmt, Mapping) else None
+    return kind if kind in ("json_object", "json_schema") else None

@@ -8,9 +8,12 @@ from typing import Any
 import orjson
 
 from intact.errors import AppError, invalid_request
+from intact.recovery.resume import REQUEST_RESUME_MODES
 
 # Header an app may send to shorten the whole request's deadline (seconds).
 TIMEOUT_HEADER = "intact-timeout"
+# Header an app may send to choose how (or whether) its stream is resumed.
+RESUME_HEADER = "intact-resume"
 
 
 @dataclass(slots=True)
@@ -23,6 +26,8 @@ class ChatRequest:
     n: int
     app_wants_usage: bool
     timeout: float | None
+    # The app's intact-resume header (off, prefill, prefix, instruct, restart), if sent.
+    resume: str | None = None
 
     @property
     def token_limit(self) -> int | None:
@@ -109,6 +114,22 @@ def parse_chat_request(raw: bytes, headers: dict[str, str] | Any) -> ChatRequest
                 f"Header {TIMEOUT_HEADER} must be a positive number of seconds, got {header!r}.",
                 code="invalid_timeout",
             )
+    resume = headers.get(RESUME_HEADER)
+    if resume is not None:
+        resume = resume.strip().lower()
+        if resume not in REQUEST_RESUME_MODES:
+            allowed = ", ".join(REQUEST_RESUME_MODES)
+            return invalid_request(
+                f"Header {RESUME_HEADER} must be one of {allowed}, "
+                f"got {headers.get(RESUME_HEADER)!r}.",
+                code="invalid_resume",
+            )
     return ChatRequest(
-        body=body, model=model, stream=stream, n=n, app_wants_usage=wants_usage, timeout=timeout
+        body=body,
+        model=model,
+        stream=stream,
+        n=n,
+        app_wants_usage=wants_usage,
+        timeout=timeout,
+        resume=resume,
     )

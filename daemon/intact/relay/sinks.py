@@ -9,12 +9,15 @@ non-streaming requests are streamed upstream internally and recover the same way
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
 
+from intact.config import ServerConfig
 from intact.errors import AppError, UpstreamResponseError
+from intact.relay.app_writer import AppGone, AppWriter
 from intact.sse import DONE_EVENT, encode_comment, encode_data
 
 SSE_HEADERS = {
@@ -30,9 +33,18 @@ class AppSink(Protocol):
         """True once bytes of a 200 response have gone to the app."""
 
     async def send_chunk(self, chunk: Mapping[str, Any], raw: bytes | None) -> None:
-        """One chat.completion.chunk; ``raw`` is its unchanged upstream JSON when available."""
+        """One chat.completion.chunk; ``raw`` is its unchanged upstream JSON when available.
+        Never waits for the app (see ``flow``)."""
 
     async def send_comment(self, text: str) -> None: ...
+
+    async def flow(self) -> None:
+        """Backpressure, once per upstream read: wait while the app is behind. Raises
+        AppTooSlow or AppGone (never an upstream failure)."""
+
+    def reset(self) -> bool:
+        """Forget everything sent so far, if the app has seen none of it (a collected
+        non-streaming answer); False when it cannot be taken back."""
 
     async def finish(self, headers: Mapping[str, str]) -> None:
         """The answer is complete (stream: [DONE]; non-stream: the JSON completion)."""
@@ -40,58 +52,114 @@ class AppSink(Protocol):
     async def fail(self, error: AppError) -> None:
         """Explicit error: HTTP error if not committed, else an SSE error event."""
 
+    async def too_slow(self, error: AppError) -> None:
+        """The app stopped reading: end with ``error`` as best it can still be delivered."""
+
+    async def gone(self) -> None:
+        """The app left: release what the sink holds, write nothing."""
+
     async def pass_through(self, error: UpstreamResponseError) -> None:
         """A final upstream error, before commit, returned as the upstream sent it."""
 
 
+@dataclass(frozen=True, slots=True)
+class AppLimits:
+    """The bounds on one app connection (``server.*`` settings)."""
+
+    max_buffer_bytes: int
+    write_timeout: float
+    linger: float
+
+    @classmethod
+    def from_config(cls, server: ServerConfig) -> AppLimits:
+        return cls(
+            max_buffer_bytes=server.max_app_buffer_bytes,
+            write_timeout=server.app_write_timeout,
+            linger=server.slow_app_linger,
+        )
+
+
 class SSESink:
-    """Streams chunks to the app as server-sent events over an aiohttp StreamResponse."""
+    """Streams chunks to the app as server-sent events through an AppWriter."""
 
-    __slots__ = ("_request", "_response", "result")
+    __slots__ = ("_limits", "_request", "_writer", "result")
 
-    def __init__(self, request: web.Request) -> None:
+    def __init__(self, request: web.Request, limits: AppLimits) -> None:
         self._request = request
-        self._response: web.StreamResponse | None = None
+        self._limits = limits
+        self._writer: AppWriter | None = None
         self.result: web.StreamResponse | None = None
 
     @property
     def committed(self) -> bool:
-        return self._response is not None
+        return self._writer is not None
 
-    async def _write(self, data: bytes) -> None:
-        resp = self._response
-        if resp is None:
+    async def _put(self, frame: bytes) -> None:
+        writer = self._writer
+        if writer is None:
             resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
-            await resp.prepare(self._request)
-            self._response = resp
+            try:
+                await resp.prepare(self._request)
+            except (ConnectionError, RuntimeError) as exc:
+                raise AppGone() from exc
+            limits = self._limits
+            writer = AppWriter(
+                self._request,
+                resp,
+                max_buffer_bytes=limits.max_buffer_bytes,
+                write_timeout=limits.write_timeout,
+                linger=limits.linger,
+            )
+            self._writer = writer
             self.result = resp
-        await resp.write(data)
+        writer.put(frame)
 
     async def send_chunk(self, chunk: Mapping[str, Any], raw: bytes | None) -> None:
-        await self._write(encode_data(raw if raw is not None else orjson.dumps(chunk)))
+        await self._put(encode_data(raw if raw is not None else orjson.dumps(chunk)))
 
     async def send_comment(self, text: str) -> None:
-        if self._response is not None:
-            await self._write(encode_comment(text))
+        if self._writer is not None:
+            self._writer.put(encode_comment(text))
+
+    async def flow(self) -> None:
+        if self._writer is not None:
+            await self._writer.room()
+
+    def reset(self) -> bool:
+        return self._writer is None
 
     async def finish(self, headers: Mapping[str, str]) -> None:
-        await self._write(DONE_EVENT)
-        assert self._response is not None
-        await self._response.write_eof()
+        if self._writer is None:
+            await self._put(b"")
+        assert self._writer is not None
+        await self._writer.close(DONE_EVENT)
 
     async def fail(self, error: AppError) -> None:
-        if self._response is None:
+        if self._writer is None:
             self.result = json_response(error.status, error.body(), error.headers)
             return
-        await self._response.write(error.sse_event())
-        await self._response.write_eof()
+        await self._writer.close(error.sse_event())
+
+    async def too_slow(self, error: AppError) -> None:
+        if self._writer is not None:
+            await self._writer.abandon(error.sse_event())
+
+    async def gone(self) -> None:
+        if self._writer is not None:
+            await self._writer.cancel()
 
     async def pass_through(self, error: UpstreamResponseError) -> None:
         self.result = json_response(error.status, error.body, error.headers)
 
 
 class CompletionSink:
-    """Collects streamed chunks into one ``chat.completion`` object for non-stream requests."""
+    """Collects streamed chunks into one ``chat.completion`` object for non-stream requests.
+
+    Every field of the deltas ends up in the message: text fields are joined, list fields
+    (``reasoning_details``) concatenated, ``audio`` merged (its ``data`` and ``transcript``
+    joined), and each choice's logprobs collected into one ``{"content", "refusal"}`` object
+    (``null`` when the upstream sent none, i.e. the app did not ask for them).
+    """
 
     def __init__(self) -> None:
         self.result: web.Response | None = None
@@ -120,6 +188,7 @@ class CompletionSink:
                     "refusal": [],
                     "finish_reason": None,
                     "extra": {},
+                    "logprobs": None,
                 }
                 self._choices[index] = state
             delta = choice.get("delta") or {}
@@ -134,16 +203,30 @@ class CompletionSink:
                     for call in value or ():
                         _merge_tool_call(state["tool_calls"], call)
                 elif key != "role" and value is not None:
-                    prior = state["extra"].get(key)
-                    state["extra"][key] = (
-                        prior + value
-                        if isinstance(prior, str) and isinstance(value, str)
-                        else value
-                    )
+                    state["extra"][key] = _merge_field(key, state["extra"].get(key), value)
+            logprobs = choice.get("logprobs")
+            if isinstance(logprobs, Mapping):
+                state["logprobs"] = _merge_logprobs(state["logprobs"], logprobs)
             if choice.get("finish_reason"):
                 state["finish_reason"] = choice["finish_reason"]
 
     async def send_comment(self, text: str) -> None:
+        return None
+
+    async def flow(self) -> None:
+        return None
+
+    def reset(self) -> bool:
+        """Nothing reached the app: a re-run can start the collection over."""
+        self._meta = {}
+        self._choices = {}
+        self._usage = None
+        return True
+
+    async def too_slow(self, error: AppError) -> None:
+        await self.fail(error)
+
+    async def gone(self) -> None:
         return None
 
     def completion(self) -> dict[str, Any]:
@@ -151,12 +234,14 @@ class CompletionSink:
         for index in sorted(self._choices):
             state = self._choices[index]
             has_tools = bool(state["tool_calls"])
+            # Like OpenAI: content is null in a message that is a tool call, refusal or audio.
+            no_text = has_tools or state["refusal"] or "audio" in state["extra"]
             message: dict[str, Any] = {
                 "role": "assistant",
-                "content": "".join(state["content"]) if state["content"] or not has_tools else None,
+                "content": "".join(state["content"]) if state["content"] or not no_text else None,
                 "refusal": "".join(state["refusal"]) if state["refusal"] else None,
             }
-            message.update(state["extra"])
+            message.update({key: _joined(value) for key, value in state["extra"].items()})
             if has_tools:
                 message["tool_calls"] = [
                     state["tool_calls"][i] for i in sorted(state["tool_calls"])
@@ -165,7 +250,7 @@ class CompletionSink:
                 {
                     "index": index,
                     "message": message,
-                    "logprobs": None,
+                    "logprobs": state["logprobs"],
                     "finish_reason": state["finish_reason"],
                 }
             )
@@ -191,6 +276,60 @@ class CompletionSink:
 
     async def pass_through(self, error: UpstreamResponseError) -> None:
         self.result = json_response(error.status, error.body, error.headers)
+
+
+# Parts of the audio delta that stream in pieces; its other keys (id, expires_at) repeat.
+_AUDIO_PIECES = ("data", "transcript")
+
+
+class _Pieces(list[str]):
+    """The pieces of a streamed text field, joined once when the message is built."""
+
+
+def _merge_field(key: str, prior: Any, value: Any) -> Any:
+    """A delta field added to what earlier deltas gave (text and lists grow)."""
+    if isinstance(value, str):
+        if isinstance(prior, _Pieces):
+            prior.append(value)
+            return prior
+        return _Pieces([value])
+    if isinstance(value, list):
+        if isinstance(prior, list) and not isinstance(prior, _Pieces):
+            prior.extend(value)
+            return prior
+        return list(value)
+    if key == "audio" and isinstance(value, Mapping):
+        audio = dict(prior) if isinstance(prior, Mapping) else {}
+        for part, piece in value.items():
+            if part in _AUDIO_PIECES and isinstance(piece, str):
+                audio[part] = _merge_field(part, audio.get(part), piece)
+            elif piece is not None:
+                audio[part] = piece
+        return audio
+    return value
+
+
+def _joined(value: Any) -> Any:
+    if isinstance(value, _Pieces):
+        return "".join(value)
+    if isinstance(value, dict):
+        return {k: _joined(v) for k, v in value.items()}
+    return value
+
+
+def _merge_logprobs(prior: dict[str, Any] | None, logprobs: Mapping[str, Any]) -> dict[str, Any]:
+    """One choice's logprobs so far plus a chunk's: the token lists are concatenated."""
+    merged: dict[str, Any] = {"content": None, "refusal": None} if prior is None else prior
+    for key, value in logprobs.items():
+        if isinstance(value, list):
+            entries = merged.get(key)
+            if isinstance(entries, list):
+                entries.extend(value)
+            else:
+                merged[key] = list(value)
+        elif key not in merged:
+            merged[key] = value
+    return merged
 
 
 def _merge_tool_call(calls: dict[int, dict[str, Any]], delta: Mapping[str, Any]) -> None:

@@ -69,15 +69,23 @@ class _OutcomeWindow:
         if failed:
             self._ring.add(_FAILURES, now)
 
+    def convert_to_failure(self, now: float, judged_at: float, window: float) -> None:
+        """A call recorded as a success turned out to fail: one call, one failure. If the
+        success has already slid out of the window, the failure counts as a new call."""
+        if now - judged_at < window * (1 - 1 / WINDOW_BUCKETS):
+            self._ring.add(_FAILURES, now)
+        else:
+            self.record(now, failed=True)
+
     def failure_rate(self) -> float:
         calls = self.calls
-        return self.failures / calls if calls else 0.0
+        return min(1.0, self.failures / calls) if calls else 0.0
 
 
 class BreakerPermit:
     """Leave to make one call; report its outcome exactly once (later reports are no-ops)."""
 
-    __slots__ = ("_breaker", "_done", "_generation", "_late", "_probe", "_succeeded")
+    __slots__ = ("_breaker", "_done", "_generation", "_judged_at", "_late", "_probe", "_succeeded")
 
     def __init__(self, breaker: CircuitBreaker, generation: int, probe: bool) -> None:
         self._breaker = breaker
@@ -85,6 +93,7 @@ class BreakerPermit:
         self._probe = probe
         self._done = False
         self._succeeded = False
+        self._judged_at = 0.0
         self._late = False
 
     @property
@@ -98,6 +107,7 @@ class BreakerPermit:
             return
         self._done = True
         self._succeeded = outcome is CallOutcome.SUCCESS
+        self._judged_at = self._breaker._clock.monotonic()
         self._breaker._on_outcome(self._generation, self._probe, outcome)
 
     def record_late_failure(self) -> None:
@@ -105,13 +115,14 @@ class BreakerPermit:
 
         Streams are judged when their first chunk arrives: judging them at their end would
         let fast failures outrun slow successes and open the breaker on a cold start. A
-        later mid-stream drop still counts, as one more failure in the window (or, for a
-        probe, as a failed probe). Only once, and only after a SUCCESS.
+        later mid-stream drop turns that provisional success into a failure (one call, one
+        failure; for a probe, a failed probe), so an upstream that breaks 90% of its streams
+        has a failure rate of 0.9. Only once, and only after a SUCCESS.
         """
         if not self._succeeded or self._late:
             return
         self._late = True
-        self._breaker._on_late_failure(self._generation, self._probe)
+        self._breaker._on_late_failure(self._generation, self._probe, self._judged_at)
 
     def release(self) -> None:
         """Give the permit back without judging the upstream (IGNORED unless recorded)."""
@@ -200,15 +211,18 @@ class CircuitBreaker:
             return
         if outcome is CallOutcome.IGNORED:
             return
+        self._window.record(self._clock.monotonic(), failed=outcome is CallOutcome.FAILURE)
+        self._check_threshold()
+
+    def _check_threshold(self) -> None:
         window = self._window
-        window.record(self._clock.monotonic(), failed=outcome is CallOutcome.FAILURE)
         if (
             window.calls >= self.config.minimum_calls
             and window.failure_rate() >= self.config.failure_rate_threshold
         ):
             self._transition(BreakerState.OPEN)
 
-    def _on_late_failure(self, generation: int, probe: bool) -> None:
+    def _on_late_failure(self, generation: int, probe: bool, judged_at: float) -> None:
         if probe:
             # A probe that already closed the breaker belongs to an older generation.
             if generation == self._generation:
@@ -216,7 +230,8 @@ class CircuitBreaker:
             return
         if self._state is not BreakerState.CLOSED or generation != self._generation:
             return
-        self._on_outcome(generation, probe, CallOutcome.FAILURE)
+        self._window.convert_to_failure(self._clock.monotonic(), judged_at, self.config.window)
+        self._check_threshold()
 
     def _on_probe_outcome(self, outcome: CallOutcome) -> None:
         if outcome is CallOutcome.FAILURE:

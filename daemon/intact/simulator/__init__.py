@@ -1,7 +1,10 @@
 """The simulated upstream: an OpenAI-compatible fake LLM server that fails on purpose.
 
 `intact demo`, the tests, the chaos run and the benchmarks use it in place of a real
-provider: answers are deterministic (`expected_answer`), faults are named and seedable.
+provider: answers are deterministic (`expected_answer`), in the style the request picks by
+model name suffix (`sim-1:code`: prose, code, table, cjk, json, mixed; `:reasoning`,
+`:refusal`), cut into tokens like a BPE tokenizer, and continued the way real models
+continue; faults are named and seedable.
 """
 
 from intact.simulator.faults import ALL_FAULT_KINDS, FaultSpec, parse_fault_spec
@@ -9,18 +12,24 @@ from intact.simulator.server import (
     SimulatedUpstream,
     SimulatorSettings,
     SimulatorStats,
+    expected_for_request,
     serve_forever,
 )
-from intact.simulator.text import ExpectedAnswer, expected_answer
+from intact.simulator.styles import TEXT_STYLES
+from intact.simulator.text import STYLES, ExpectedAnswer, Variant, expected_answer
 
 __all__ = [
     "ALL_FAULT_KINDS",
+    "STYLES",
+    "TEXT_STYLES",
     "ExpectedAnswer",
     "FaultSpec",
     "SimulatedUpstream",
     "SimulatorSettings",
     "SimulatorStats",
+    "Variant",
     "expected_answer",
+    "expected_for_request",
     "parse_fault_spec",
     "serve_forever",
 ]

@@ -5,12 +5,26 @@ deterministic text of `simulator.text`, understands the three continuation conve
 intact resumes with (vLLM prefill, DeepSeek/Mistral prefix, a plain "continue" instruction),
 and injects the faults of `simulator.faults` at exact chunk positions. `intact demo`, the
 tests, the chaos run and the benchmarks all run against it.
+
+What a request gets (see `simulator.text` for the text itself):
+- the model name's suffixes pick the variant: `sim-1:code`, `sim-1:cjk:reasoning`,
+  `sim-1:refusal`, `sim-1:mixed` (styles prose, code, table, cjk, json, mixed); no style
+  suffix means `SimulatorSettings.style`; `response_format` json_object / json_schema
+  means JSON (a schema's properties become the top-level keys);
+- reasoning arrives in `delta.reasoning_content` (or `delta.reasoning`, by setting) before
+  any `delta.content`; a refusal in `delta.refusal` with `content` null;
+- `logprobs: true` (and `top_logprobs`) puts OpenAI's `logprobs.content` on every chunk;
+- a continuation of reasoning passes the partial reasoning as the assistant message's
+  `reasoning_content` (or `reasoning`) with empty content.
+`POST /admin/expected` (or `SimulatedUpstream.expected_answer`) answers what an
+uninterrupted request with a given body would get.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import random
 import re
@@ -43,16 +57,26 @@ from intact.simulator.faults import (
     InjectedFault,
     parse_fault_spec,
 )
+from intact.simulator.logprobs import MAX_TOP_LOGPROBS, logprobs_for
 from intact.simulator.text import (
+    PROSE,
+    STYLES,
     Completion,
     ContinuationQuirks,
+    ExpectedAnswer,
     Message,
+    Variant,
     answer_for,
     complete,
     content_text,
     continue_answer,
+    conversation_digest,
+    expected_answer,
     prompt_tokens,
+    request_variant,
+    resolve_style,
 )
+from intact.simulator.tokenizer import tokenize
 
 MODES: tuple[str, ...] = ("normal", "down", "slow")
 REQUEST_KINDS: tuple[str, ...] = ("normal", "prefill", "prefix", "instruct")
@@ -61,6 +85,7 @@ MAX_CHOICES = 128
 RECENT_REQUESTS_KEPT = 1000
 
 RequestKind = Literal["normal", "prefill", "prefix", "instruct"]
+REASONING_FIELDS: tuple[str, ...] = ("reasoning_content", "reasoning")
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -82,12 +107,29 @@ class SimulatorSettings:
     """Fault kinds random injection picks from (uniformly)."""
     seed: int | None = None
     """Seed of every random decision (faults, quirks); None seeds from the OS."""
+    style: str = "prose"
+    """Text style of requests whose model name has no style suffix (one of STYLES)."""
+    reasoning_field: str = "reasoning_content"
+    """Delta field reasoning arrives in: "reasoning_content" (DeepSeek, vLLM) or
+    "reasoning" (OpenRouter, newer vLLM)."""
     repeat_prob: float = 0.1
-    """Chance a continuation first repeats the tail of the prefill."""
+    """Chance an instruct continuation first repeats the tail of the partial (the last
+    words, CJK characters, or line of code)."""
     whitespace_variation_prob: float = 0.3
-    """Chance (given a repeat) that whitespace in the repeated tail is altered."""
+    """Chance (given a repeat of words) that whitespace in the repeated tail is altered."""
     restart_prob: float = 0.0
-    """Chance a continuation ignores the prefill and starts the answer over."""
+    """Chance an instruct continuation starts the answer over, exactly."""
+    paraphrase_prob: float = 0.0
+    """Chance an instruct continuation starts over with a slightly reworded opening
+    ("Here is" -> "Here's") and then goes on differently."""
+    prefill_echo_prob: float = 0.0
+    """Chance a prefill/prefix continuation's first delta repeats the whole partial, as
+    llama-server does for a bare trailing assistant message."""
+    max_repeat_words: int = 6
+    """Most words a repeated tail has (it has 1 to this many)."""
+    max_tokens_per_chunk: int = 1
+    """Most tokens one chunk carries (each chunk 1 to this many, like vLLM's stream
+    interval); the relay counts chunks, the model counts tokens."""
     retry_after: float = 1.0
     """Seconds advertised by http_429 in Retry-After / retry-after-ms."""
     api_key: str | None = None
@@ -100,8 +142,27 @@ class SimulatorSettings:
     """In "slow" mode ttft is multiplied and tok_per_s divided by this."""
 
     def __post_init__(self) -> None:
-        for name in ("fault_rate", "repeat_prob", "whitespace_variation_prob", "restart_prob"):
+        for name in (
+            "fault_rate",
+            "repeat_prob",
+            "whitespace_variation_prob",
+            "restart_prob",
+            "paraphrase_prob",
+            "prefill_echo_prob",
+        ):
             _check_probability(name, getattr(self, name))
+        if self.style not in STYLES:
+            raise ValueError(
+                f"simulator style must be one of {', '.join(STYLES)}, got {self.style!r}"
+            )
+        if self.reasoning_field not in REASONING_FIELDS:
+            raise ValueError(
+                f"simulator reasoning_field must be one of {', '.join(REASONING_FIELDS)}, "
+                f"got {self.reasoning_field!r}"
+            )
+        for name in ("max_repeat_words", "max_tokens_per_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"simulator {name} must be >= 1, got {getattr(self, name)!r}")
         if self.continuation_fault_rate is not None:
             _check_probability("continuation_fault_rate", self.continuation_fault_rate)
         for name in ("tok_per_s", "ttft", "retry_after", "stall_max"):
@@ -167,6 +228,8 @@ class SimulatorStats:
     chat_requests: int = 0
     requests_by_kind: Counter[str] = field(default_factory=Counter)
     requests_by_mode: Counter[str] = field(default_factory=Counter)
+    requests_by_style: Counter[str] = field(default_factory=Counter)
+    """Chat requests by the text style they were answered in (after "mixed" resolved)."""
     faults_injected: Counter[str] = field(default_factory=Counter)
     completed_streams: int = 0
     completed_responses: int = 0
@@ -185,6 +248,7 @@ class SimulatorStats:
             "chat_requests": self.chat_requests,
             "requests_by_kind": {k: self.requests_by_kind[k] for k in REQUEST_KINDS},
             "requests_by_mode": {m: self.requests_by_mode[m] for m in MODES},
+            "requests_by_style": dict(self.requests_by_style),
             "faults_injected": dict(self.faults_injected),
             "completed_streams": self.completed_streams,
             "completed_responses": self.completed_responses,
@@ -269,7 +333,8 @@ class ChatRequest:
     """A validated chat completions request, with its continuation convention recognised.
 
     `conversation` is what the answer is keyed on: the messages without a trailing
-    assistant prefill (or "continue" instruction pair); `partial` is the prefill text.
+    assistant prefill (or "continue" instruction pair); `partial` is the prefill text and
+    `partial_reasoning` the prefill's reasoning (`reasoning_content` or `reasoning`).
     """
 
     body: Mapping[str, Any]
@@ -285,6 +350,10 @@ class ChatRequest:
     tools: list[Any] | None
     tool_choice: Any
     parallel_tool_calls: bool
+    variant: Variant = PROSE
+    partial_reasoning: str = ""
+    logprobs: bool = False
+    top_logprobs: int = 0
 
 
 _CONTINUE_WORD = re.compile(r"\bcontinue\b", re.IGNORECASE)
@@ -321,6 +390,47 @@ def recognise_continuation(
     return "normal", messages, None
 
 
+def partial_reasoning(kind: RequestKind, messages: list[Message]) -> str:
+    """The reasoning of a continuation's assistant message ("" if none or not a resume)."""
+    if kind == "normal":
+        return ""
+    message = messages[-2] if kind == "instruct" else messages[-1]
+    for key in REASONING_FIELDS:
+        value = message.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def _logprobs_options(body: Mapping[str, Any]) -> tuple[bool, int]:
+    logprobs = body.get("logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise ApiError(400, "Invalid type for 'logprobs': expected a boolean.", param="logprobs")
+    top = body.get("top_logprobs")
+    if top is None:
+        return logprobs is True, 0
+    if not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise ApiError(
+            400,
+            f"Invalid 'top_logprobs': expected an integer from 0 to {MAX_TOP_LOGPROBS}.",
+            param="top_logprobs",
+        )
+    if logprobs is not True:
+        raise ApiError(
+            400,
+            "Invalid value for 'top_logprobs': 'logprobs' must be set to true.",
+            param="top_logprobs",
+        )
+    return True, top
+
+
+def _variant(body: Mapping[str, Any], model: str, default_style: str) -> Variant:
+    try:
+        return request_variant(model, body.get("response_format"), default_style=default_style)
+    except ValueError as error:
+        raise ApiError(404, str(error), param="model", code="model_not_found") from None
+
+
 def _optional_positive_int(body: Mapping[str, Any], name: str) -> int | None:
     value = body.get(name)
     if value is None:
@@ -338,7 +448,7 @@ def _optional_positive_int(body: Mapping[str, Any], name: str) -> int | None:
     return value
 
 
-def parse_chat_request(raw: bytes) -> ChatRequest:
+def parse_chat_request(raw: bytes, *, default_style: str = "prose") -> ChatRequest:
     """Validate a request body the way OpenAI would (leniently about optional fields)."""
     try:
         body = orjson.loads(raw)
@@ -348,6 +458,11 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
             "We could not parse the JSON body of your request. (HINT: This likely means you "
             "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
         ) from None
+    return chat_request(body, default_style=default_style)
+
+
+def chat_request(body: Any, *, default_style: str = "prose") -> ChatRequest:
+    """Validate a parsed request body (see `parse_chat_request`)."""
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.")
     messages = body.get("messages")
@@ -391,9 +506,11 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         max_tokens = _optional_positive_int(body, "max_tokens")
     tools = body.get("tools")
     kind, conversation, partial = recognise_continuation(body, messages)
+    model = str(body.get("model") or "sim-1")
+    logprobs, top_logprobs = _logprobs_options(body)
     return ChatRequest(
         body=body,
-        model=str(body.get("model") or "sim-1"),
+        model=model,
         messages=messages,
         kind=kind,
         conversation=conversation,
@@ -406,6 +523,10 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         tools=tools if isinstance(tools, list) and tools else None,
         tool_choice=body.get("tool_choice"),
         parallel_tool_calls=body.get("parallel_tool_calls") is not False,
+        variant=_variant(body, model, default_style),
+        partial_reasoning=partial_reasoning(kind, messages),
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
     )
 
 
@@ -439,40 +560,80 @@ ERROR_EVENT_BYTES = _sse(
 
 
 def _completion_tokens(completion: Completion) -> int:
+    reasoning = len(completion.reasoning)
     if completion.tool_calls:
-        return sum(len(call.arguments) // 4 + 3 for call in completion.tool_calls)
-    return len(completion.tokens)
+        return reasoning + sum(len(call.arguments) // 4 + 3 for call in completion.tool_calls)
+    return reasoning + len(completion.tokens)
 
 
-def _choice_deltas(completion: Completion) -> list[dict[str, Any]]:
-    """The deltas of one choice, role chunk first, finish chunk excluded."""
+@dataclass(frozen=True, kw_only=True)
+class WireFormat:
+    """How a response is laid out on the wire, beyond what the model says."""
+
+    reasoning_field: str = "reasoning_content"
+    max_tokens_per_chunk: int = 1
+    logprobs: bool = False
+    top_logprobs: int = 0
+    previous_token: str = ""
+    """The token before the first one emitted (the partial's last), for logprobs."""
+
+
+def _chunked(tokens: Sequence[str], most: int, seed: str) -> list[list[str]]:
+    """Tokens grouped into chunks of 1..`most` (sizes fixed by `seed`, so reproducible)."""
+    if most <= 1:
+        return [[token] for token in tokens]
+    sizes = random.Random(seed)
+    groups, i = [], 0
+    while i < len(tokens):
+        size = sizes.randint(1, most)
+        groups.append(list(tokens[i : i + size]))
+        i += size
+    return groups
+
+
+def _choice_deltas(
+    completion: Completion, wire: WireFormat
+) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """The (delta, logprobs) of one choice's chunks, role chunk first, finish chunk excluded."""
+    deltas: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
     if completion.tool_calls:
-        deltas: list[dict[str, Any]] = [{"role": "assistant", "content": None, "refusal": None}]
-        for index, call in enumerate(completion.tool_calls):
+        deltas.append(({"role": "assistant", "content": None, "refusal": None}, None))
+    elif completion.refusal:
+        deltas.append(({"role": "assistant", "content": None, "refusal": ""}, None))
+    else:
+        deltas.append(({"role": "assistant", "content": "", "refusal": None}, None))
+    previous = wire.previous_token
+    channels = [(wire.reasoning_field, completion.reasoning)]
+    if not completion.tool_calls:
+        channels.append(("refusal" if completion.refusal else "content", completion.tokens))
+    for key, tokens in channels:
+        seed = key + "\x00" + "".join(tokens)
+        for group in _chunked(tokens, wire.max_tokens_per_chunk, seed):
+            logprobs = None
+            if wire.logprobs:
+                entries = logprobs_for(group, previous, wire.top_logprobs)
+                logprobs = (
+                    {"content": None, "refusal": entries}
+                    if key == "refusal"
+                    else {"content": entries, "refusal": None}
+                )
+            deltas.append(({key: "".join(group)}, logprobs))
+            previous = group[-1]
+    for index, call in enumerate(completion.tool_calls):
+        opening = {"index": index, "id": call.id, "type": "function"}
+        deltas.append(
+            ({"tool_calls": [{**opening, "function": {"name": call.name, "arguments": ""}}]}, None)
+        )
+        fragments = random.Random(call.id)  # fragment sizes are deterministic too
+        arguments, offset = call.arguments, 0
+        while offset < len(arguments):
+            size = fragments.randint(3, 12)
+            piece = arguments[offset : offset + size]
+            offset += size
             deltas.append(
-                {
-                    "tool_calls": [
-                        {
-                            "index": index,
-                            "id": call.id,
-                            "type": "function",
-                            "function": {"name": call.name, "arguments": ""},
-                        }
-                    ]
-                }
+                ({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}, None)
             )
-            fragments = random.Random(call.id)  # fragment sizes are deterministic too
-            arguments, offset = call.arguments, 0
-            while offset < len(arguments):
-                size = fragments.randint(3, 12)
-                piece = arguments[offset : offset + size]
-                offset += size
-                deltas.append({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
-        return deltas
-    return [
-        {"role": "assistant", "content": "", "refusal": None},
-        *({"content": token} for token in completion.tokens),
-    ]
+    return deltas
 
 
 @dataclass(frozen=True)
@@ -502,7 +663,12 @@ class StreamPlan:
 
 
 def plan_stream(
-    request: ChatRequest, completions: Sequence[Completion], *, chunk_id: str, created: int
+    request: ChatRequest,
+    completions: Sequence[Completion],
+    *,
+    chunk_id: str,
+    created: int,
+    wire: WireFormat = WireFormat(),
 ) -> StreamPlan:
     """Lay out the chunks of all choices, interleaved step by step like a batched server."""
 
@@ -521,11 +687,13 @@ def plan_stream(
 
     keyed: list[tuple[int, int, int, StreamEvent]] = []
     for index, completion in enumerate(completions):
-        deltas = _choice_deltas(completion)
-        for seq, delta in enumerate(deltas):
+        deltas = _choice_deltas(completion, wire)
+        for seq, (delta, logprobs) in enumerate(deltas):
             step = max(0, seq - 1)  # the role chunk rides with the first token
             data = _sse(
-                chunk([{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}])
+                chunk(
+                    [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": None}]
+                )
             )
             keyed.append((step, index, seq, StreamEvent(data, step, is_finish=False)))
         last_step = max(0, len(deltas) - 2)
@@ -551,34 +719,55 @@ def plan_stream(
     return StreamPlan(events=[item[3] for item in keyed], trailer=trailer + DONE_EVENT)
 
 
-def _usage(request: ChatRequest, completions: Sequence[Completion]) -> dict[str, int]:
+def _usage(request: ChatRequest, completions: Sequence[Completion]) -> dict[str, Any]:
     prompt = prompt_tokens(request.messages)
     completion_tokens = sum(_completion_tokens(c) for c in completions)
-    return {
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt + completion_tokens,
     }
+    if request.variant.reasoning:
+        reasoning = sum(len(c.reasoning) for c in completions)
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return usage
 
 
 def completion_body(
-    request: ChatRequest, completions: Sequence[Completion], *, completion_id: str, created: int
+    request: ChatRequest,
+    completions: Sequence[Completion],
+    *,
+    completion_id: str,
+    created: int,
+    wire: WireFormat = WireFormat(),
 ) -> dict[str, Any]:
     """The non-streaming `chat.completion` object."""
     choices = []
     for index, completion in enumerate(completions):
+        text = None if completion.tool_calls or completion.refusal else completion.text
         message: dict[str, Any] = {
             "role": "assistant",
-            "content": None if completion.tool_calls else completion.text,
-            "refusal": None,
+            "content": text,
+            "refusal": completion.text if completion.refusal else None,
         }
+        if completion.reasoning:
+            message[wire.reasoning_field] = completion.reasoning_text
         if completion.tool_calls:
             message["tool_calls"] = [call.as_dict() for call in completion.tool_calls]
+        logprobs = None
+        if wire.logprobs:
+            tokens = (*completion.reasoning, *completion.tokens)
+            entries = logprobs_for(tokens, wire.previous_token, wire.top_logprobs)
+            logprobs = (
+                {"content": None, "refusal": entries}
+                if completion.refusal
+                else {"content": entries, "refusal": None}
+            )
         choices.append(
             {
                 "index": index,
                 "message": message,
-                "logprobs": None,
+                "logprobs": logprobs,
                 "finish_reason": completion.finish_reason,
             }
         )
@@ -633,6 +822,9 @@ class SimulatedUpstream:
             repeat_prob=settings.repeat_prob,
             whitespace_variation_prob=settings.whitespace_variation_prob,
             restart_prob=settings.restart_prob,
+            paraphrase_prob=settings.paraphrase_prob,
+            prefill_echo_prob=settings.prefill_echo_prob,
+            max_repeat_words=settings.max_repeat_words,
         )
         self._mode = "normal"
         self._runner: web.AppRunner | None = None
@@ -654,6 +846,7 @@ class SimulatedUpstream:
         app.router.add_post("/admin/faults", self._admin_schedule)
         app.router.add_delete("/admin/faults", self._admin_clear)
         app.router.add_get("/admin/stats", self._admin_stats)
+        app.router.add_post("/admin/expected", self._admin_expected)
         app.router.add_post("/admin/reset-stats", self._admin_reset_stats)
         # handler_cancellation: a client that goes away cancels its handler at once, which is
         # how the server notices disconnects promptly (and stops generating for nobody).
@@ -761,6 +954,20 @@ class SimulatedUpstream:
             )
         return Pacing(ttft=self.settings.ttft, tok_per_s=self.settings.tok_per_s)
 
+    def expected_answer(self, body: Mapping[str, Any]) -> ExpectedAnswer:
+        """What an uninterrupted, non-streaming request with `body` gets from this server
+        (choice 0; a continuation body is answered as its conversation)."""
+        return expected_for_request(body, default_style=self.settings.style)
+
+    def _wire(self, chat: ChatRequest) -> WireFormat:
+        return WireFormat(
+            reasoning_field=self.settings.reasoning_field,
+            max_tokens_per_chunk=self.settings.max_tokens_per_chunk,
+            logprobs=chat.logprobs,
+            top_logprobs=chat.top_logprobs,
+            previous_token=_last_token(chat.partial or chat.partial_reasoning),
+        )
+
     def _completions(self, chat: ChatRequest, rng: random.Random) -> list[Completion]:
         completions = []
         for choice in range(chat.n):
@@ -770,19 +977,20 @@ class SimulatedUpstream:
                 tool_choice=chat.tool_choice,
                 parallel_tool_calls=chat.parallel_tool_calls,
                 choice=choice,
+                variant=chat.variant,
             )
-            if chat.partial is None:
+            if chat.kind == "normal":
                 completions.append(complete(answer, chat.max_tokens))
             else:
                 completions.append(
                     continue_answer(
-                        chat.conversation,
                         answer,
-                        chat.partial,
+                        chat.partial or "",
+                        kind=chat.kind,
                         max_tokens=chat.max_tokens,
                         quirks=self._quirks,
                         rng=rng,
-                        choice=choice,
+                        partial_reasoning=chat.partial_reasoning,
                     )
                 )
         return completions
@@ -803,7 +1011,7 @@ class SimulatedUpstream:
         # Every POST counts as a request the upstream saw, refused ones included.
         self.stats.chat_requests += 1
         self._check_api_key(request)
-        chat = parse_chat_request(await request.read())
+        chat = parse_chat_request(await request.read(), default_style=self.settings.style)
         # Everything from here to the first await is synchronous, so the seeded draws happen
         # in request-arrival order.
         mode = self._mode
@@ -811,13 +1019,15 @@ class SimulatedUpstream:
         stats = self.stats
         stats.requests_by_kind[chat.kind] += 1
         stats.requests_by_mode[mode] += 1
+        stats.requests_by_style[_style_label(chat)] += 1
         if mode == "down":
             self._record(request_id, chat, mode, None)
             raise _overloaded()
         completions = self._completions(chat, random.Random(self._rng.getrandbits(64)))
         chunk_id = "chatcmpl-" + secrets.token_hex(12)
         created = int(time.time())
-        plan = plan_stream(chat, completions, chunk_id=chunk_id, created=created)
+        wire = self._wire(chat)
+        plan = plan_stream(chat, completions, chunk_id=chunk_id, created=created, wire=wire)
         fault = self._faults.next_fault(
             continuation=chat.kind != "normal", total_chunks=plan.content_chunks
         )
@@ -843,7 +1053,9 @@ class SimulatedUpstream:
         pacing = self._pacing(mode)
         if chat.stream:
             return await self._stream(request, request_id, plan, fault, pacing, arrived)
-        body = completion_body(chat, completions, completion_id=chunk_id, created=created)
+        body = completion_body(
+            chat, completions, completion_id=chunk_id, created=created, wire=wire
+        )
         return await self._respond_whole(request, request_id, body, plan, fault, pacing, arrived)
 
     def _record(
@@ -1075,9 +1287,44 @@ class SimulatedUpstream:
             }
         )
 
+    async def _admin_expected(self, request: web.Request) -> web.Response:
+        """The uninterrupted answer to a chat request body (`expected_answer`), as JSON."""
+        try:
+            expected = self.expected_answer(await self._admin_json(request))
+        except ApiError as error:
+            return error.response()
+        return _json_response(dataclasses.asdict(expected))
+
     async def _admin_reset_stats(self, request: web.Request) -> web.Response:
         self.reset_stats()
         return _json_response(self.stats.as_json())
+
+
+def expected_for_request(
+    body: Mapping[str, Any], *, default_style: str = "prose"
+) -> ExpectedAnswer:
+    """What an uninterrupted, non-streaming request with `body` gets (choice 0), from a
+    simulator whose default style is `default_style`. Raises ApiError for a bad body."""
+    chat = chat_request(body, default_style=default_style)
+    return expected_answer(
+        chat.conversation,
+        tools=chat.tools,
+        tool_choice=chat.tool_choice,
+        max_tokens=chat.max_tokens if chat.kind == "normal" else None,
+        variant=chat.variant,
+    )
+
+
+def _style_label(chat: ChatRequest) -> str:
+    """The style a request's answer is written in, for stats."""
+    if chat.variant.refusal:
+        return "refusal"
+    return resolve_style(chat.variant.style, conversation_digest(chat.conversation))
+
+
+def _last_token(text: str | None) -> str:
+    tokens = tokenize(text) if text else []
+    return tokens[-1] if tokens else ""
 
 
 async def serve_forever(

@@ -1,140 +1,127 @@
-"""What the simulated model says: deterministic prose, tool calls and continuations.
+"""What the simulated model says: deterministic answers in several styles, and continuations.
 
 The answer is a pure function of the conversation (hashed with SHA-256, so it is the same in
-every process), never of the model name or sampling parameters. That is what lets a test
-compare the text an app received through intact with the text an uninterrupted request
-gives (`expected_answer`), and what makes prefill continuations line up exactly.
+every process) and of the *variant* the request asks for, never of sampling parameters. That
+is what lets a test compare the text an app received through intact with the text an
+uninterrupted request gives (`expected_answer`), and what makes prefill continuations line
+up exactly.
+
+A request picks its variant with suffixes on the model name, OpenRouter-style:
+`sim-1:code`, `gpt-4o:cjk:reasoning`, `sim-2:refusal`. The text styles are `prose`, `code`,
+`table`, `cjk`, `json` (also chosen by `response_format` json_object / json_schema) and
+`mixed` (one of them per conversation, from its hash); `reasoning` puts thinking in
+`reasoning_content` before the answer; `refusal` answers in `refusal` with no content. With
+no style suffix the server's default style applies.
+
+Continuations follow the request's convention. prefill and prefix continue exactly where
+the partial stopped, as a model at temperature 0 does (optionally echoing the whole partial
+first, as llama-server does for a bare assistant message). instruct sometimes repeats the
+tail (the last words; the last characters in CJK; the last line in code), starts over
+exactly, or starts over with a reworded opening and goes on differently (`ContinuationQuirks`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
+
+from intact.simulator.styles import (
+    NOUNS,
+    TEXT_STYLES,
+    Draft,
+    paraphrase,
+    write,
+    write_reasoning,
+    write_refusal,
+)
+from intact.simulator.tokenizer import tokenize
 
 Message = Mapping[str, Any]
 
 MIN_ANSWER_TOKENS = 30
 MAX_ANSWER_TOKENS = 250
-SPLIT_WORDS_LONGER_THAN = 7
-REPEAT_MIN_CHARS = 10
-REPEAT_MAX_CHARS = 40
+MIN_REASONING_TOKENS = 20
+MAX_REASONING_TOKENS = 120
+MAX_REPEAT_CHARS = 8
+"""Most CJK characters an instruct continuation repeats."""
 
-# --- vocabulary ----------------------------------------------------------------------------
+STYLES: tuple[str, ...] = (*TEXT_STYLES, "mixed")
+BEHAVIOURS: tuple[str, ...] = ("reasoning", "refusal")
+MODEL_SUFFIXES: tuple[str, ...] = (*STYLES, *BEHAVIOURS)
+"""What may follow a ':' in a model name."""
 
-_DETERMINERS = (
-    "the", "a", "this", "that", "each", "every", "some", "any", "our", "their", "its",
-    "another", "one", "no", "your",
-)  # fmt: skip
-_SUBJECT_PRONOUNS = ("it", "this", "everything", "nobody", "someone", "something", "each")
-_ADJECTIVES = (
-    "quiet", "careful", "simple", "broken", "steady", "ancient", "modern", "bright", "distant",
-    "gentle", "heavy", "hidden", "honest", "narrow", "patient", "rapid", "remote", "silent",
-    "subtle", "useful", "vivid", "warm", "wild", "clever", "curious", "durable", "early",
-    "empty", "familiar", "fragile", "generous", "golden", "hollow", "humble", "invisible",
-    "little", "local", "lucky", "massive", "mellow", "minor", "natural", "nervous", "obvious",
-    "ordinary", "pale", "plain", "precise", "proper", "rare", "restless", "rough", "rustic",
-    "sacred", "shallow", "sharp", "short", "slender", "smooth", "solid", "sparse", "spare",
-    "stable", "strange", "strict", "sudden", "sturdy", "tender", "tidy", "tiny", "tired",
-    "urgent", "vast", "wary", "weary", "wise", "young", "bold", "calm", "clear", "cold",
-    "crisp", "deep", "dense", "dry", "fair", "faint", "fresh", "grand", "green", "kind",
-    "late", "loud", "mild", "neat", "new", "odd", "open", "proud", "quick", "raw", "ripe",
-    "round", "soft", "thin", "true", "wide", "elegant", "abstract", "practical", "reliable",
-)  # fmt: skip
-_NOUNS = (
-    "river", "garden", "system", "window", "letter", "bridge", "engine", "forest", "harbor",
-    "journey", "kitchen", "ladder", "market", "meadow", "mountain", "network", "notebook",
-    "orchard", "pattern", "picture", "planet", "question", "rhythm", "signal", "story",
-    "teacher", "theory", "traveler", "valley", "village", "voice", "weather", "answer",
-    "archive", "balance", "basket", "battery", "blanket", "border", "branch", "breeze",
-    "budget", "cabinet", "candle", "canvas", "castle", "channel", "circle", "climate",
-    "cluster", "compass", "contract", "corner", "council", "courage", "crystal", "current",
-    "decision", "desert", "detail", "diagram", "distance", "doctor", "dream", "editor",
-    "element", "evening", "factory", "feather", "festival", "figure", "fountain", "fragment",
-    "friend", "future", "gallery", "harvest", "horizon", "island", "journal", "kernel",
-    "lantern", "library", "machine", "manner", "memory", "message", "method", "minute",
-    "mirror", "moment", "morning", "museum", "neighbor", "number", "ocean", "office",
-    "opinion", "painter", "palace", "paper", "passage", "pebble", "pencil", "pilot",
-    "pocket", "poem", "problem", "process", "promise", "purpose", "puzzle", "reason",
-    "record", "region", "report", "result", "ribbon", "road", "room", "sailor", "school",
-    "season", "secret", "shadow", "shelter", "silence", "sketch", "socket", "station",
-    "stone", "stream", "street", "student", "summer", "surface", "table", "thread", "ticket",
-    "timber", "tower", "tradition", "trail", "tunnel", "version", "vessel", "window sill",
-    "winter", "wonder", "worker", "writer", "yard", "anchor", "apple", "author", "owl",
-    "orange", "island chain", "idea", "image", "instrument", "invoice", "echo", "umbrella",
-    "field", "cloud", "lake", "light", "map", "path", "plan", "rule", "seed", "song", "tool",
-)  # fmt: skip
-_VERBS = (
-    "shape", "require", "carry", "follow", "reveal", "protect", "measure", "gather",
-    "explain", "describe", "improve", "connect", "balance", "build", "change", "choose",
-    "collect", "compare", "consider", "contain", "create", "deliver", "design", "discover",
-    "divide", "examine", "expect", "explore", "express", "extend", "favor", "fill", "find",
-    "finish", "guide", "handle", "hold", "imagine", "include", "inspire", "invite", "join",
-    "keep", "lift", "limit", "mark", "mention", "mirror", "move", "notice", "offer", "open",
-    "organize", "paint", "pass", "prefer", "prepare", "preserve", "produce", "question",
-    "reach", "receive", "recall", "record", "reflect", "remember", "repair", "replace",
-    "resemble", "restore", "return", "review", "schedule", "search", "select", "serve",
-    "settle", "share", "signal", "support", "survey", "sustain", "test", "touch", "trace",
-    "track", "transform", "trust", "turn", "welcome", "wander", "watch", "weigh", "reward",
-    "borrow", "echo", "polish", "stretch", "soften", "steady", "study", "vary", "worry",
-)  # fmt: skip
-_ADVERBS = (
-    "quietly", "often", "rarely", "gently", "slowly", "quickly", "carefully", "always",
-    "seldom", "usually", "clearly", "simply", "mostly", "nearly", "barely", "openly",
-    "calmly", "boldly", "softly", "firmly", "freely", "gladly", "honestly", "patiently",
-    "steadily", "suddenly", "eventually", "certainly", "probably", "truly",
-)  # fmt: skip
-_PREPOSITIONS = (
-    "in", "on", "with", "from", "across", "under", "through", "between", "without", "beyond",
-    "toward", "around", "after", "before", "during", "within", "along", "near", "behind",
-    "above", "below", "inside", "past", "against", "beside", "for", "of", "into",
-)  # fmt: skip
-_CONJUNCTIONS = (
-    "and", "but", "so", "while", "because", "although", "yet", "since", "unless", "whereas",
-)  # fmt: skip
-_OPENERS = (
-    "However", "Meanwhile", "Still", "Indeed", "Naturally", "In practice", "Of course",
-    "For now", "In short", "As a rule", "Even so", "Later", "Above all", "At first",
-    "Over time", "In the end", "Perhaps", "Surprisingly", "Admittedly", "Then again",
-)  # fmt: skip
-_AUXILIARIES = ("Does", "Can", "Should", "Will", "Could", "Would", "Might", "Must")
+# --- variants ------------------------------------------------------------------------------
 
 
-def _third_person(verb: str) -> str:
-    if verb.endswith(("s", "sh", "ch", "x", "z", "o")):
-        return verb + "es"
-    if verb.endswith("y") and verb[-2] not in "aeiou":
-        return verb[:-1] + "ies"
-    return verb + "s"
+@dataclass(frozen=True, kw_only=True)
+class Variant:
+    """What kind of answer a request gets: a text style, thinking first, or a refusal."""
+
+    style: str = "prose"
+    """One of STYLES; "mixed" becomes one of TEXT_STYLES per conversation."""
+    reasoning: bool = False
+    refusal: bool = False
+    json_keys: tuple[str, ...] = ()
+    """Top-level keys of a JSON answer (a json_schema's properties)."""
 
 
-VOCABULARY: frozenset[str] = (
-    frozenset(
-        word.lower()
-        for group in (
-            _DETERMINERS,
-            _SUBJECT_PRONOUNS,
-            _ADJECTIVES,
-            _NOUNS,
-            _VERBS,
-            _ADVERBS,
-            _PREPOSITIONS,
-            _CONJUNCTIONS,
-            _OPENERS,
-            _AUXILIARIES,
-        )
-        for phrase in group
-        for word in phrase.split()
-    )
-    | {"an"}
-    | {_third_person(verb) for verb in _VERBS}
-)
-"""Every word the prose generator can use (lower case), for tests and curious readers."""
+PROSE = Variant()
+
+
+def parse_model(model: str, *, default_style: str = "prose") -> Variant:
+    """The variant a model name asks for ("sim-1", "sim-1:code", "sim-1:cjk:reasoning").
+
+    Raises ValueError naming an unknown suffix and the allowed ones.
+    """
+    _name, *suffixes = model.split(":")
+    variant = Variant(style=default_style)
+    for suffix in suffixes:
+        if suffix in STYLES:
+            variant = replace(variant, style=suffix)
+        elif suffix == "reasoning":
+            variant = replace(variant, reasoning=True)
+        elif suffix == "refusal":
+            variant = replace(variant, refusal=True)
+        else:
+            raise ValueError(
+                f"unknown variant {suffix!r} in model {model!r}; "
+                f"allowed after ':': {', '.join(MODEL_SUFFIXES)}"
+            )
+    return variant
+
+
+def request_variant(model: str, response_format: Any, *, default_style: str = "prose") -> Variant:
+    """The variant of a request: its model name's suffixes, and JSON if response_format asks."""
+    variant = parse_model(model, default_style=default_style)
+    if not isinstance(response_format, Mapping):
+        return variant
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return replace(variant, style="json")
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, Mapping) else None
+        properties = schema.get("properties") if isinstance(schema, Mapping) else None
+        keys = tuple(str(key) for key in properties) if isinstance(properties, Mapping) else ()
+        return replace(variant, style="json", json_keys=keys)
+    return variant
+
+
+def resolve_style(style: str, digest: bytes) -> str:
+    """The text style a conversation is answered in: "mixed" picks one from its digest."""
+    if style == "mixed":
+        return TEXT_STYLES[_rng_from(digest, b"mixed").randrange(len(TEXT_STYLES))]
+    if style not in TEXT_STYLES:
+        raise ValueError(f"unknown text style {style!r}; allowed: {', '.join(STYLES)}")
+    return style
+
 
 # --- conversation identity -------------------------------------------------------------------
 
@@ -190,137 +177,32 @@ def prompt_tokens(messages: Sequence[Message]) -> int:
     return sum(len(content_text(m).split()) + 3 for m in messages)
 
 
-# --- prose -----------------------------------------------------------------------------------
+# --- drafts ------------------------------------------------------------------------------------
+
+REASONING = "reasoning"
+REFUSAL = "refusal"
 
 
-def _pick(rng: random.Random, words: Sequence[str], avoid: str | None) -> str:
-    word = rng.choice(words)
-    while word == avoid:
-        word = rng.choice(words)
-    return word
+def _draft(
+    seed: bytes, kind: str, purpose: bytes, keys: tuple[str, ...] = (), language: str = ""
+) -> Draft:
+    """The draft of one kind ("reasoning", "refusal" or a text style) for a conversation;
+    `keys` are a JSON answer's keys, `language` that of a code or CJK answer."""
+    return _cached_draft(seed, kind, purpose, keys if kind == "json" else (), language)
 
 
-def _noun_phrase(rng: random.Random, *, subject: bool) -> list[str]:
-    if subject and rng.random() < 0.15:
-        return [rng.choice(_SUBJECT_PRONOUNS)]
-    determiner = rng.choice(_DETERMINERS)
-    words = [determiner]
-    if rng.random() < 0.45:
-        words.append(rng.choice(_ADJECTIVES))
-    words.extend(rng.choice(_NOUNS).split())
-    if determiner == "a" and words[1][0] in "aeiou":
-        words[0] = "an"
-    return words
-
-
-def _clause(rng: random.Random) -> list[str]:
-    words = _noun_phrase(rng, subject=True)
-    if rng.random() < 0.25:
-        words.append(rng.choice(_ADVERBS))
-    words.append(_third_person(rng.choice(_VERBS)))
-    words.extend(_noun_phrase(rng, subject=False))
-    if rng.random() < 0.4:
-        words.append(rng.choice(_PREPOSITIONS))
-        words.extend(_noun_phrase(rng, subject=False))
-    return words
-
-
-def _statement(rng: random.Random) -> list[str]:
-    words: list[str] = []
-    if rng.random() < 0.2:
-        opener = rng.choice(_OPENERS).split()
-        opener[-1] += ","
-        words.extend(opener)
-    words.extend(_clause(rng))
-    if rng.random() < 0.35:
-        words[-1] += ","
-        words.append(rng.choice(_CONJUNCTIONS))
-        words.extend(_clause(rng))
-    words[-1] += "."
-    return words
-
-
-def _question(rng: random.Random) -> list[str]:
-    words = [rng.choice(_AUXILIARIES), *_noun_phrase(rng, subject=False)]
-    words.append(rng.choice(_VERBS))
-    words.extend(_noun_phrase(rng, subject=False))
-    if rng.random() < 0.3:
-        words.append(rng.choice(_PREPOSITIONS))
-        words.extend(_noun_phrase(rng, subject=False))
-    words[-1] += "?"
-    return words
-
-
-def _bare(word: str) -> str:
-    return word.strip(",.?").lower()
-
-
-def _reads_naturally(words: Sequence[str], previous: str | None) -> bool:
-    """No word twice in a row ("the the") and no bigram twice in a row ("of the of the")."""
-    bare = [_bare(w) for w in words]
-    if previous is not None and bare and bare[0] == _bare(previous):
-        return False
-    for i in range(1, len(bare)):
-        if bare[i] == bare[i - 1]:
-            return False
-        if i >= 3 and bare[i] == bare[i - 2] and bare[i - 1] == bare[i - 3]:
-            return False
-    return True
-
-
-def _sentence(rng: random.Random, previous: str | None) -> list[str]:
-    """One sentence of 6-20 words, capitalised, ending in '.' or '?'."""
-    while True:
-        words = _question(rng) if rng.random() < 0.1 else _statement(rng)
-        if 6 <= len(words) <= 20 and _reads_naturally(words, previous):
-            words[0] = words[0][0].upper() + words[0][1:]
-            return words
-
-
-def _word_tokens(word: str, lead: str) -> list[str]:
-    """A word as tokens: long words split in two, so a cut can land mid-word as with BPE."""
-    letters = len(word.rstrip(",.?"))
-    if letters <= SPLIT_WORDS_LONGER_THAN:
-        return [lead + word]
-    cut = (letters + 1) // 2
-    return [lead + word[:cut], word[cut:]]
-
-
-def prose_tokens(
-    rng: random.Random,
-    *,
-    min_tokens: int,
-    max_tokens: int,
-    lead: str = "",
-) -> list[str]:
-    """Paragraphs of whole sentences, a random length between `min_tokens` and `max_tokens`.
-
-    `lead` is the whitespace before the first word ("" at the start of an answer).
-    """
-    tokens: list[str] = []
-    previous: str | None = None
-    target = rng.randint(min_tokens, max_tokens)
-    while len(tokens) < target:
-        words = _sentence(rng, previous)
-        sentence: list[str] = []
-        for i, word in enumerate(words):
-            if i > 0:
-                word_lead = " "
-            elif not tokens:
-                word_lead = lead
-            else:
-                word_lead = "\n\n" if rng.random() < 0.2 else " "
-            sentence.extend(_word_tokens(word, word_lead))
-        if tokens and len(tokens) + len(sentence) > max_tokens:
-            break
-        tokens.extend(sentence)
-        previous = words[-1]
-    return tokens
-
-
-def split_tokens(text: str) -> list[str]:
-    """Tokens for text the model echoes back: words with their leading whitespace."""
-    return re.findall(r"\s*\S+|\s+", text)
+@functools.lru_cache(maxsize=4096)
+def _cached_draft(
+    seed: bytes, kind: str, purpose: bytes, keys: tuple[str, ...], language: str
+) -> Draft:
+    rng = _rng_from(seed, purpose, kind.encode(), *(key.encode() for key in keys))
+    if kind == REASONING:
+        return write_reasoning(rng, MIN_REASONING_TOKENS, MAX_REASONING_TOKENS)
+    if kind == REFUSAL:
+        return write_refusal(rng)
+    if purpose == b"answer":
+        return write(kind, rng, MIN_ANSWER_TOKENS, MAX_ANSWER_TOKENS, keys=keys)
+    return write(kind, rng, 15, 80, keys=keys, language=language)
 
 
 # --- tool calls ------------------------------------------------------------------------------
@@ -368,14 +250,14 @@ def _arguments(rng: random.Random, declared: list[str]) -> str:
     count = rng.randint(2, 4)
     keys = declared[:count]
     while len(keys) < count:
-        key = rng.choice(_NOUNS).replace(" ", "_")
+        key = rng.choice(NOUNS).replace(" ", "_")
         if key not in keys:
             keys.append(key)
     arguments: dict[str, str | int | float] = {}
     for key in keys:
         roll = rng.random()
         if roll < 0.6:
-            arguments[key] = " ".join(rng.choice(_NOUNS) for _ in range(rng.randint(1, 3)))
+            arguments[key] = " ".join(rng.choice(NOUNS) for _ in range(rng.randint(1, 3)))
         elif roll < 0.8:
             arguments[key] = rng.randint(0, 10_000)
         else:
@@ -416,14 +298,29 @@ def _tool_calls(
 
 @dataclass(frozen=True)
 class Answer:
-    """Everything the model would say to a conversation if nothing limited it."""
+    """Everything the model would say to a conversation if nothing limited it.
+
+    `reasoning` tokens come first (in `reasoning_content`), then `tokens`: the content, or
+    the refusal when `refusal` is set, or `tool_calls` instead.
+    """
 
     tokens: tuple[str, ...] = ()
     tool_calls: tuple[ToolCall, ...] = ()
+    reasoning: tuple[str, ...] = ()
+    refusal: bool = False
+    kind: str = "prose"
+    """The text style of `tokens` ("refusal" for a refusal)."""
+    seed: bytes = b""
+    """The conversation digest fresh text (continuations, paraphrases) is drawn from."""
+    json_keys: tuple[str, ...] = ()
 
     @property
     def text(self) -> str:
         return "".join(self.tokens)
+
+    @property
+    def reasoning_text(self) -> str:
+        return "".join(self.reasoning)
 
 
 def answer_for(
@@ -433,67 +330,120 @@ def answer_for(
     tool_choice: Any = None,
     parallel_tool_calls: bool = True,
     choice: int = 0,
+    variant: Variant = PROSE,
 ) -> Answer:
     """The model's full answer to `conversation` (choice `choice` when n > 1)."""
     digest = conversation_digest(conversation, choice)
+    reasoning: tuple[str, ...] = ()
+    if variant.reasoning:
+        reasoning = tuple(tokenize(_draft(digest, REASONING, b"answer").text))
+    if variant.refusal:
+        refusal = _draft(digest, REFUSAL, b"answer")
+        return Answer(
+            tokens=tuple(tokenize(refusal.text)),
+            reasoning=reasoning,
+            refusal=True,
+            kind=REFUSAL,
+            seed=digest,
+        )
     if wants_tool_calls(conversation, tools, tool_choice):
         assert tools is not None
-        return Answer(tool_calls=_tool_calls(digest, tools, tool_choice, parallel_tool_calls))
-    rng = _rng_from(digest, b"prose")
+        calls = _tool_calls(digest, tools, tool_choice, parallel_tool_calls)
+        return Answer(tool_calls=calls, reasoning=reasoning, seed=digest)
+    style = resolve_style(variant.style, digest)
+    draft = _draft(digest, style, b"answer", variant.json_keys)
     return Answer(
-        tokens=tuple(prose_tokens(rng, min_tokens=MIN_ANSWER_TOKENS, max_tokens=MAX_ANSWER_TOKENS))
+        tokens=tuple(tokenize(draft.text)),
+        reasoning=reasoning,
+        kind=style,
+        seed=digest,
+        json_keys=variant.json_keys,
     )
 
 
 @dataclass(frozen=True)
 class Completion:
-    """What one choice of one response emits, in order.
+    """What one choice of one response emits, in order: `reasoning`, then `tokens` (content,
+    or the refusal when `refusal`), or `tool_calls`.
 
-    `tokens` are content tokens; the first `echoed` of them repeat text the client already
-    has (a repeated tail or a restart) and did not count against max_tokens.
+    The first `echoed` tokens (reasoning first) did not count against max_tokens: they
+    repeat text the client already has (a repeated tail, a restart, an echoed prefix).
     """
 
     tokens: tuple[str, ...] = ()
     tool_calls: tuple[ToolCall, ...] = ()
     finish_reason: str = "stop"
     echoed: int = 0
+    reasoning: tuple[str, ...] = ()
+    refusal: bool = False
 
     @property
     def text(self) -> str:
         return "".join(self.tokens)
 
+    @property
+    def reasoning_text(self) -> str:
+        return "".join(self.reasoning)
+
 
 def _limited(
-    tokens: Sequence[str], max_tokens: int | None, *, echoed: Sequence[str] = ()
+    reasoning: Sequence[str],
+    tokens: Sequence[str],
+    max_tokens: int | None,
+    *,
+    echoed: int = 0,
+    refusal: bool = False,
 ) -> Completion:
-    if max_tokens is not None and len(tokens) > max_tokens:
-        kept = (*echoed, *tokens[: max(0, max_tokens)])
-        return Completion(tokens=kept, finish_reason="length", echoed=len(echoed))
-    return Completion(tokens=(*echoed, *tokens), finish_reason="stop", echoed=len(echoed))
+    """Reasoning then tokens, cut after `max_tokens` tokens beyond the first `echoed`."""
+    finish = "stop"
+    if max_tokens is not None and len(reasoning) + len(tokens) - echoed > max_tokens:
+        keep = echoed + max(0, max_tokens)
+        reasoning, tokens = reasoning[:keep], tokens[: max(0, keep - len(reasoning))]
+        finish = "length"
+    return Completion(
+        tokens=tuple(tokens),
+        finish_reason=finish,
+        echoed=echoed,
+        reasoning=tuple(reasoning),
+        refusal=refusal,
+    )
 
 
 def complete(answer: Answer, max_tokens: int | None) -> Completion:
     """An ordinary (non-continuation) response: the answer, cut at max_tokens."""
     if answer.tool_calls:
-        return Completion(tool_calls=answer.tool_calls, finish_reason="tool_calls")
-    return _limited(answer.tokens, max_tokens)
+        return Completion(
+            tool_calls=answer.tool_calls, finish_reason="tool_calls", reasoning=answer.reasoning
+        )
+    return _limited(answer.reasoning, answer.tokens, max_tokens, refusal=answer.refusal)
+
+
+# --- continuations ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True)
 class ContinuationQuirks:
-    """How often a model fails to continue a prefill cleanly (each a probability)."""
+    """How a model answers a request to continue its partial answer (probabilities).
+
+    The first four apply to instruct-style requests only: a real model continuing a prefill
+    at temperature 0 never repeats itself. Restart wins over paraphrase, paraphrase over
+    repeat; otherwise the continuation is clean.
+    """
 
     repeat_prob: float = 0.0
+    """instruct: first repeat the tail (the last 1..max_repeat_words words, the last few
+    CJK characters, the whole last line of code)."""
     whitespace_variation_prob: float = 0.0
+    """Given a repeat of words: its whitespace is altered, as re-tokenisation does."""
     restart_prob: float = 0.0
-
-
-def _token_starts(tokens: Sequence[str]) -> list[int]:
-    starts, position = [], 0
-    for token in tokens:
-        starts.append(position)
-        position += len(token)
-    return starts
+    """instruct: start the answer over, exactly."""
+    paraphrase_prob: float = 0.0
+    """instruct: start over with a reworded opening ("Here is" -> "Here's"), then go on
+    differently."""
+    prefill_echo_prob: float = 0.0
+    """prefill/prefix: the first delta repeats the whole partial (llama-server does this for
+    a bare assistant message)."""
+    max_repeat_words: int = 6
 
 
 def _fully_inside(tokens: Sequence[str], length: int) -> int:
@@ -507,15 +457,29 @@ def _fully_inside(tokens: Sequence[str], length: int) -> int:
     return count
 
 
-def _tail_start(partial: str, rng: random.Random) -> int:
-    """Where a repeated tail begins: a word boundary 10-40 characters from the end."""
-    if len(partial) < REPEAT_MIN_CHARS:
-        return 0
-    boundaries = [0] + [m.end() for m in re.finditer(r"\s+", partial) if m.end() < len(partial)]
-    fitting = [b for b in boundaries if REPEAT_MIN_CHARS <= len(partial) - b <= REPEAT_MAX_CHARS]
-    if fitting:
-        return rng.choice(fitting)
-    return max(b for b in boundaries if len(partial) - b >= REPEAT_MIN_CHARS)
+def _rest_after(tokens: Sequence[str], length: int) -> list[str]:
+    """The tokens after character `length`, the one straddling it trimmed to start there."""
+    inside = _fully_inside(tokens, length)
+    rest = list(tokens[inside:])
+    if rest:
+        start = sum(len(token) for token in tokens[:inside])
+        rest[0] = rest[0][length - start :]
+    return rest
+
+
+def _tail_start(partial: str, kind: str, rng: random.Random, max_words: int) -> int:
+    """Where a repeated tail begins: the last line of code, the last few CJK characters, or
+    the start of one of the last `max_words` words."""
+    if kind == "code":
+        start = partial.rfind("\n", 0, len(partial) - 1) + 1
+        if not partial[start:].strip() and start > 0:  # only indentation so far: the line before
+            start = partial.rfind("\n", 0, start - 1) + 1
+        return start
+    if kind == "cjk":
+        return len(partial) - rng.randint(1, min(MAX_REPEAT_CHARS, len(partial)))
+    starts = [0] + [m.end() for m in re.finditer(r"\s+", partial) if m.end() < len(partial)]
+    words = rng.randint(1, max(1, max_words))
+    return starts[max(0, len(starts) - words)]
 
 
 def _vary_whitespace(text: str, rng: random.Random) -> str:
@@ -537,55 +501,86 @@ def _vary_whitespace(text: str, rng: random.Random) -> str:
     return "".join(pieces)
 
 
+def _fresh(answer: Answer, kind: str, partial: str) -> list[str]:
+    """Text that goes on from `partial` when the model never said it: new, deterministic."""
+    language = _draft(answer.seed, kind, b"answer", answer.json_keys).language
+    purpose = b"fresh\x00" + partial.encode()
+    draft = _draft(answer.seed, kind, purpose, answer.json_keys, language)
+    if not partial or partial[-1].isspace() or kind == "cjk":
+        lead = ""
+    else:
+        lead = "\n" if kind == "code" else " "
+    return tokenize(lead + draft.text)
+
+
+def _reworded(answer: Answer, kind: str) -> list[str]:
+    """A restart whose opening is slightly reworded, going on with a different body (in the
+    same language)."""
+    original = _draft(answer.seed, kind, b"answer", answer.json_keys)
+    body = _draft(answer.seed, kind, b"paraphrase", answer.json_keys, original.language).body
+    return tokenize(paraphrase(original.opening) + body)
+
+
 def continue_answer(
-    conversation: Sequence[Message],
     answer: Answer,
     partial: str,
     *,
+    kind: str,
     max_tokens: int | None,
     quirks: ContinuationQuirks,
     rng: random.Random,
-    choice: int = 0,
+    partial_reasoning: str = "",
 ) -> Completion:
-    """The model's response when asked to continue `partial`, its own interrupted answer.
+    """The model's response when asked to continue its interrupted answer.
 
-    If `partial` is a prefix of the answer the rest follows exactly, cut at `max_tokens`
-    counted from the first token not wholly inside `partial`; otherwise a fresh continuation
-    seeded by (conversation, partial). `rng` (per request) draws the quirks: restarting from
-    the top, or repeating the tail of `partial` first.
+    `kind` is the request's convention ("prefill", "prefix" or "instruct"); `partial` is the
+    content the client has and `partial_reasoning` its reasoning. Content already started:
+    the content goes on. Otherwise reasoning already started: the reasoning goes on, then
+    the content follows. If the partial is a prefix of the answer the rest follows exactly,
+    cut at `max_tokens` counted from the first token not wholly inside it; otherwise a fresh
+    continuation seeded by (conversation, partial). `rng` (per request) draws the quirks.
     """
     restart = rng.random() < quirks.restart_prob
     repeat = rng.random() < quirks.repeat_prob
     vary = rng.random() < quirks.whitespace_variation_prob
+    reword = rng.random() < quirks.paraphrase_prob
+    echo = rng.random() < quirks.prefill_echo_prob
     if answer.tool_calls:
         # A tool-call answer cannot be continued as text: the model calls the tools again.
         return complete(answer, max_tokens)
-
-    generated = _fully_inside(answer.tokens, len(partial))
-    if partial and restart:
-        limit = None if max_tokens is None else generated + max_tokens
-        restarted = _limited(answer.tokens, limit)
-        return Completion(
-            tokens=restarted.tokens,
-            finish_reason=restarted.finish_reason,
-            echoed=min(generated, len(restarted.tokens)),
-        )
-
-    if answer.text.startswith(partial):
-        rest = list(answer.tokens[generated:])
-        if rest:
-            # The token straddling the cut is trimmed to start exactly where `partial` ends.
-            rest[0] = rest[0][len(partial) - _token_starts(answer.tokens)[generated] :]
+    thinking = not partial and bool(partial_reasoning and answer.reasoning)
+    if thinking:
+        channel, have, kind_of_text = answer.reasoning, partial_reasoning, REASONING
+    elif partial:
+        channel, have, kind_of_text = answer.tokens, partial, answer.kind
     else:
-        lead = "" if not partial or partial[-1].isspace() else " "
-        fresh_rng = _rng_from(conversation_digest(conversation, choice), partial.encode())
-        rest = prose_tokens(fresh_rng, min_tokens=15, max_tokens=80, lead=lead)
+        return complete(answer, max_tokens)
 
-    echoed: list[str] = []
-    if partial and repeat:
-        tail = partial[_tail_start(partial, rng) :]
-        echoed = split_tokens(_vary_whitespace(tail, rng) if vary else tail)
-    return _limited(rest, max_tokens, echoed=echoed)
+    whole = "".join(channel)
+    instruct = kind == "instruct"
+    generated = _fully_inside(channel, len(have))
+    echoed = 0
+    if instruct and restart:
+        out, echoed = list(channel), min(generated, len(channel))
+    elif instruct and reword:
+        out = _reworded(answer, kind_of_text)
+        echoed = min(generated, len(out))
+    else:
+        if whole.startswith(have):
+            out = _rest_after(channel, len(have))
+        else:
+            out = _fresh(answer, kind_of_text, have)
+        if instruct and repeat:
+            tail = have[_tail_start(have, kind_of_text, rng, quirks.max_repeat_words) :]
+            if vary and kind_of_text not in ("code", "cjk"):
+                tail = _vary_whitespace(tail, rng)
+            repeated = tokenize(tail)
+            out, echoed = repeated + out, len(repeated)
+        elif not instruct and echo:
+            out, echoed = [have, *out], 1
+    if thinking:  # the whole content follows the rest of the reasoning
+        return _limited(out, answer.tokens, max_tokens, echoed=echoed, refusal=answer.refusal)
+    return _limited((), out, max_tokens, echoed=echoed, refusal=answer.refusal)
 
 
 # --- what tests compare against --------------------------------------------------------------
@@ -598,6 +593,10 @@ class ExpectedAnswer:
     content: str | None
     tool_calls: list[dict[str, Any]]
     finish_reason: str
+    reasoning: str | None = None
+    refusal: str | None = None
+    style: str | None = None
+    """The text style of the answer ("refusal" for a refusal; None for tool calls)."""
 
 
 def expected_answer(
@@ -606,15 +605,32 @@ def expected_answer(
     tools: Sequence[Any] | None = None,
     tool_choice: Any = None,
     max_tokens: int | None = None,
+    variant: Variant = PROSE,
 ) -> ExpectedAnswer:
     """The answer (choice 0) the simulator gives to `messages` when nothing goes wrong."""
-    completion = complete(answer_for(messages, tools=tools, tool_choice=tool_choice), max_tokens)
+    answer = answer_for(messages, tools=tools, tool_choice=tool_choice, variant=variant)
+    completion = complete(answer, max_tokens)
+    reasoning = completion.reasoning_text if answer.reasoning else None
     if completion.tool_calls:
         return ExpectedAnswer(
             content=None,
             tool_calls=[call.as_dict() for call in completion.tool_calls],
             finish_reason=completion.finish_reason,
+            reasoning=reasoning,
+        )
+    if completion.refusal:
+        return ExpectedAnswer(
+            content=None,
+            tool_calls=[],
+            finish_reason=completion.finish_reason,
+            reasoning=reasoning,
+            refusal=completion.text,
+            style=answer.kind,
         )
     return ExpectedAnswer(
-        content=completion.text, tool_calls=[], finish_reason=completion.finish_reason
+        content=completion.text,
+        tool_calls=[],
+        finish_reason=completion.finish_reason,
+        reasoning=reasoning,
+        style=answer.kind,
     )

@@ -1,0 +1,58 @@
+"""Everything intact keeps per upstream for the daemon's life: the HTTP client and the
+resilience state (breaker, retry budget, concurrency bound, backoff policy)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from intact.clock import SYSTEM_CLOCK, Clock
+from intact.config import UpstreamConfig
+from intact.resilience.backoff import BackoffPolicy
+from intact.resilience.breaker import CircuitBreaker
+from intact.resilience.budget import RetryBudget
+from intact.resilience.bulkhead import Bulkhead
+from intact.telemetry.api import Telemetry
+from intact.upstream.client import UpstreamClient
+
+
+@dataclass(eq=False)
+class UpstreamRuntime:
+    """One configured upstream at run time."""
+
+    config: UpstreamConfig
+    client: UpstreamClient
+    breaker: CircuitBreaker
+    budget: RetryBudget
+    bulkhead: Bulkhead
+    backoff: BackoffPolicy
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def max_retry_after(self) -> float:
+        return self.config.retry.max_retry_after
+
+    def serves(self, model: str) -> bool:
+        return not self.config.models or model in self.config.models
+
+    @classmethod
+    def build(
+        cls,
+        config: UpstreamConfig,
+        telemetry: Telemetry,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        environ: dict[str, str] | None = None,
+    ) -> UpstreamRuntime:
+        return cls(
+            config=config,
+            client=UpstreamClient(config, environ=environ),
+            breaker=CircuitBreaker(
+                config.name, config.breaker, clock=clock, on_transition=telemetry.breaker_transition
+            ),
+            budget=RetryBudget.from_config(config.retry, clock=clock),
+            bulkhead=Bulkhead.from_config(config),
+            backoff=BackoffPolicy.from_config(config.retry),
+        )

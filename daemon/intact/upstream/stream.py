@@ -1,0 +1,141 @@
+"""One attempt's event stream from an upstream: parsed events in, classified failures out.
+
+The reader owns the HTTP response, the SSE decoder and the upstream's clocks (first token,
+stall, deadline). Everything aiohttp can raise while reading is turned into an
+``UpstreamFailure`` here and nowhere else, so a failure on the app's side of the relay can
+never be mistaken for the upstream's. The clocks run only inside ``next_batch``: while the
+relay waits for a slow app, the upstream is not read (TCP backpressure) and not judged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import orjson
+
+from intact.resilience import classify
+from intact.sse import DONE_DATA, SSEDecoder, SSEProtocolError
+from intact.upstream.client import UpstreamClient
+from intact.upstream.watchdog import Watchdog
+
+# One parsed event: the JSON object and its raw bytes (forwarded unchanged when possible).
+Event = tuple[dict[str, Any], bytes]
+
+_READ_ERRORS = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError)
+
+
+class UpstreamStream:
+    """``async with`` opens the stream; ``next_batch`` yields the events of one read."""
+
+    __slots__ = (
+        "_body",
+        "_client",
+        "_decoder",
+        "_headers",
+        "_resp",
+        "_watchdog",
+        "done",
+        "got_first",
+    )
+
+    def __init__(
+        self,
+        client: UpstreamClient,
+        body: bytes,
+        *,
+        headers: dict[str, str],
+        first_token_timeout: float,
+        stall_timeout: float,
+        deadline: float,
+    ) -> None:
+        self._client = client
+        self._body = body
+        self._headers = headers
+        self._watchdog = Watchdog(
+            first_token=first_token_timeout, stall=stall_timeout, deadline=deadline
+        )
+        self._decoder = SSEDecoder()
+        self._resp: aiohttp.ClientResponse | None = None
+        self.got_first = False  # an event arrived (the upstream is serving)
+        self.done = False  # [DONE] arrived: the upstream ended the stream on purpose
+
+    async def __aenter__(self) -> UpstreamStream:
+        wd = self._watchdog
+        wd.arm()
+        try:
+            self._resp = await self._client.open_stream(self._body, headers=self._headers)
+        except asyncio.CancelledError:
+            failure = wd.failure()
+            if failure is None:
+                wd.close()
+                raise
+            wd.close()
+            raise failure from None
+        except BaseException:
+            wd.close()
+            raise
+        finally:
+            wd.disarm()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._watchdog.close()
+        resp = self._resp
+        if resp is None:
+            return
+        if self.done and exc_type is None:
+            resp.release()  # read to the end: the connection can be reused
+        else:
+            resp.close()  # the upstream sees its connection closed at once
+
+    async def next_batch(self) -> list[Event] | None:
+        """The events of the next read (possibly none: comments, keep-alives, a partial
+        event); None when the stream ended ([DONE] or end of body: see ``done``)."""
+        if self.done:
+            return None
+        resp = self._resp
+        assert resp is not None
+        wd = self._watchdog
+        wd.arm()
+        try:
+            data = await resp.content.readany()
+        except asyncio.CancelledError:
+            failure = wd.failure()
+            if failure is None:
+                raise
+            raise failure from None
+        except _READ_ERRORS as exc:
+            raise classify.from_exception(exc, before_response=False) from None
+        finally:
+            wd.disarm()
+        if not data:
+            return None
+        try:
+            events = self._decoder.feed(data)
+        except SSEProtocolError as exc:
+            raise classify.protocol_error(str(exc)) from None
+        batch: list[Event] = []
+        for event in events:
+            raw = event.data
+            if raw == DONE_DATA:
+                self.done = True
+                break
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise classify.protocol_error("event data is not JSON") from None
+            if not isinstance(obj, dict):
+                raise classify.protocol_error("event data is not a JSON object")
+            batch.append((obj, raw))
+        if batch and not self.got_first:
+            self.got_first = True
+            wd.first_event()
+        return batch
