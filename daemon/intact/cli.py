@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from intact.daemon import serve_until_signalled
     from intact.telemetry.runtime import start_telemetry
-    from intact.unix_socket import SocketInUseError
+    from intact.unix_socket import SocketInUseError, UnsafeSocketDirError
 
     cfg = resolve(
         Overrides(
@@ -235,7 +235,7 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(_main())
-    except SocketInUseError as exc:
+    except (SocketInUseError, UnsafeSocketDirError) as exc:
         print(f"intact: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -39,10 +39,19 @@ def setting(
     le: float | None = None,
     pattern: str | None = None,
     shown: str | None = None,
+    off: bool = False,
 ) -> Any:
     """Declare a config key with its default, its meaning and its allowed range; ``shown``
     describes a default that the config resolves from other keys."""
-    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "pattern": pattern, "shown": shown}
+    meta = {
+        "doc": doc,
+        "ge": ge,
+        "gt": gt,
+        "le": le,
+        "pattern": pattern,
+        "shown": shown,
+        "off": off,
+    }
     if isinstance(default, list | dict):
         raise TypeError("use tuples for sequence defaults")
     return field(default=default, metadata=meta)
@@ -54,8 +63,10 @@ class ServerConfig:
 
     socket: str = setting(
         "",
-        "Unix socket path apps connect to; empty means $XDG_RUNTIME_DIR/intact.sock "
-        "(or /tmp/intact.sock when XDG_RUNTIME_DIR is unset).",
+        "Unix socket path apps connect to; empty means $XDG_RUNTIME_DIR/intact.sock, else "
+        "/run/intact/intact.sock for root, else $TMPDIR (or /tmp)/intact-<uid>/intact.sock "
+        "in a private 0700 directory; intact refuses a default directory that another "
+        "user owns or can write to.",
     )
     socket_mode: str = setting(
         "0660", "Permission bits of the socket file (octal string).", pattern=r"0?[0-7]{3}"
@@ -90,6 +101,38 @@ class ServerConfig:
         "'off' disables it.",
         pattern=r"off|\[?[^\s\]]*\]?:\d{1,5}",
     )
+    request_read_timeout: float = setting(
+        10.0,
+        "Seconds an app may take to send a request's head (from its first byte) and again "
+        "its body; a slower head closes the connection, a slower body gets HTTP 408.",
+        gt=0,
+    )
+    idle_timeout: float = setting(
+        75.0,
+        "Seconds an app connection may stay open without a request (before the first and "
+        "between requests) before intact closes it.",
+        gt=0,
+    )
+    max_connections_per_peer: int = setting(
+        1024,
+        "Open connections allowed per peer process (per uid when its pid is not visible, "
+        "e.g. from another pid namespace); a connection over the cap gets HTTP 429.",
+        ge=1,
+    )
+    allowed_uids: tuple[int, ...] = setting(
+        (),
+        "Peer uids (SO_PEERCRED) allowed to use the socket; with allowed_gids empty too, "
+        "every peer the socket's file mode lets in is served. Others get HTTP 403.",
+        ge=0,
+    )
+    allowed_gids: tuple[int, ...] = setting(
+        (), "Peer primary gids allowed to use the socket (in addition to allowed_uids).", ge=0
+    )
+    trust_app_header: bool = setting(
+        False,
+        "Let an `intact-app: <name>` request header choose the [[apps]] entry (any peer "
+        "may then claim any app); otherwise the app is chosen by the peer's uid.",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,6 +150,16 @@ class RetryConfig:
         60.0,
         "Longest provider-requested wait (Retry-After etc.) intact will honour, seconds.",
         ge=0,
+    )
+    rate_limit_base_delay: float = setting(
+        1.0,
+        "Backoff base after a 429 that names no wait (no Retry-After): exponential with "
+        "full jitter from here, and shared by every request to the upstream, so a "
+        "rate-limited provider sees fewer calls, not more.",
+        ge=0,
+    )
+    rate_limit_max_delay: float = setting(
+        30.0, "Upper bound of one rate-limit backoff step in seconds.", ge=0
     )
     budget_ratio: float = setting(
         0.2,
@@ -147,6 +200,13 @@ class StreamConfig:
         "may shorten it with the `intact-timeout` header.",
         gt=0,
     )
+    answer_start_timeout: float = setting(
+        60.0,
+        "Seconds an app waits for the first chunk of its answer, every attempt, hedge and "
+        "backoff before it included; then it gets an explicit error (504). Bounds the worst "
+        "case of a silent or rate-limited upstream (see `intact check-config`).",
+        gt=0,
+    )
     models_timeout: float = setting(
         10.0, "Seconds to wait for an upstream's GET /models answer (for GET /v1/models).", gt=0
     )
@@ -185,20 +245,22 @@ class RecoveryConfig:
     )
     min_overlap_chars: int = setting(
         8,
-        "Shortest repeated tail of the partial text that is removed from a continuation; "
-        "shorter repeats are indistinguishable from natural text.",
+        "instruct mode: a restart that matches the start of the partial text for this many "
+        "chars (or 2 words) and then departs from it is rejected as a paraphrase (and the "
+        "resume is tried again); prefill/prefix: the shortest partial whose echo is removed.",
         ge=1,
     )
     max_overlap_chars: int = setting(
         2048,
-        "How far back into the partial text a repeated continuation may start "
-        "(besides a full restart from the beginning).",
+        "Most continuation text held back while it could still be a repeat of the partial "
+        "text (and how far back into it a repeat may start).",
         ge=16,
     )
     divergence_chars: int = setting(
         32,
-        "A continuation that matched this many chars of earlier text and then differs "
-        "is rejected as diverged (and the resume is tried again).",
+        "instruct mode: a continuation that starts a new line by restarting the answer is "
+        "rejected as a paraphrase only after matching this many chars (lists and code often "
+        "start lines alike).",
         ge=8,
     )
     max_partial_chars: int = setting(
@@ -214,6 +276,43 @@ class RecoveryConfig:
         "Your previous reply was cut off. Continue it exactly where it stopped: do not "
         "repeat any of it, do not add any preamble, start with the next characters.",
         "User message appended after the partial answer in `instruct` resume mode.",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoutingConfig:
+    """Hedged first tokens: racing a slow upstream against the next one."""
+
+    hedge_after: float = setting(
+        3.0,
+        "Seconds an attempt may go without its first event before the same request is also "
+        "sent to the next eligible upstream (first to answer wins, the other is cancelled); "
+        "'off' or 0 disables. Per upstream: the wait on that upstream.",
+        ge=0,
+        off=True,
+    )
+    max_hedges: int = setting(1, "Hedges at most per app request.", ge=0, le=4)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouteConfig:
+    """Model routing: which (upstream, model) targets serve a model, and fallbacks."""
+
+    model: str = setting("", "The model name apps ask for.", pattern=r"\S+")
+    targets: tuple[str, ...] = setting(
+        (),
+        "Ordered 'upstream' or 'upstream:model' targets; the model field is rewritten to "
+        "the target's model. Empty: every upstream that serves the model, unchanged.",
+    )
+    context_fallbacks: tuple[str, ...] = setting(
+        (),
+        "Targets tried, in order, when the upstream answers context_length_exceeded "
+        "(e.g. a larger-context model), before the error goes back to the app.",
+    )
+    policy_fallbacks: tuple[str, ...] = setting(
+        (),
+        "Targets tried when the upstream refuses the request for its content policy "
+        "(content_filter / content_policy_violation).",
     )
 
 
@@ -245,6 +344,26 @@ class TelemetryConfig:
         20,
         "Distinct model label values per upstream before further ones become 'other'.",
         ge=1,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppConfig:
+    """One app using the socket: how its peers are recognised and what it may use."""
+
+    name: str = setting(
+        "",
+        "The app's name: the `app` label of intact_app_* metrics and `intact.app` on spans "
+        "(peers matching no app are 'other').",
+        pattern=r"[A-Za-z0-9_.-]{1,64}",
+    )
+    uids: tuple[int, ...] = setting(
+        (), "Peer uids (SO_PEERCRED) that are this app; a uid belongs to one app only.", ge=0
+    )
+    max_concurrent_streams: int = setting(
+        0,
+        "Requests of this app relayed at once; more get HTTP 429 with Retry-After. 0 = no limit.",
+        ge=0,
     )
 
 
@@ -287,6 +406,7 @@ class UpstreamConfig:
     retry: RetryConfig = field(default_factory=RetryConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -299,17 +419,32 @@ class Config:
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     upstreams: tuple[UpstreamConfig, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+    apps: tuple[AppConfig, ...] = ()
 
     def socket_path(self) -> str:
         if self.server.socket:
             return self.server.socket
-        runtime_dir = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+        return default_socket_path()
+
+
+def default_socket_path(environ: Mapping[str, str] | None = None, euid: int | None = None) -> str:
+    """The socket path when ``server.socket`` is empty: never directly in a directory that
+    other users can write to (where any of them could take the path first)."""
+    env = os.environ if environ is None else environ
+    runtime_dir = env.get("XDG_RUNTIME_DIR")
+    if runtime_dir:
         return str(Path(runtime_dir) / "intact.sock")
+    uid = os.geteuid() if euid is None else euid
+    if uid == 0:
+        return "/run/intact/intact.sock"
+    return str(Path(env.get("TMPDIR") or "/tmp") / f"intact-{uid}" / "intact.sock")
 
 
 # Sections every upstream inherits and may override key by key.
-_OVERRIDABLE = ("retry", "stream", "breaker")
+_OVERRIDABLE = ("retry", "stream", "breaker", "routing")
 _SECTIONS: dict[str, type[Any]] = {
     "server": ServerConfig,
     "retry": RetryConfig,
@@ -317,6 +452,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "breaker": BreakerConfig,
     "recovery": RecoveryConfig,
     "telemetry": TelemetryConfig,
+    "routing": RoutingConfig,
 }
 
 # The single-upstream shortcut when neither flags, env nor file name an upstream.
@@ -422,7 +558,7 @@ def _describe_type(tp: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     if origin is tuple:
-        return "a list of strings"
+        return "a list of integers" if get_args(tp)[0] is int else "a list of strings"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
         tp, str(tp)
     )
@@ -438,7 +574,11 @@ def _check_value(key: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
             raise bad
         return value
     if origin is tuple:
-        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        if not isinstance(value, list | tuple):
+            raise bad
+        if get_args(tp)[0] is int:
+            return tuple(_check_value(f"{key}[{i}]", v, int, meta) for i, v in enumerate(value))
+        if not all(isinstance(v, str) for v in value):
             raise bad
         return tuple(value)
     if tp is bool:
@@ -449,6 +589,8 @@ def _check_value(key: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad
     elif tp is float:
+        if value == "off" and meta.get("off"):
+            return 0.0
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad
         value = float(value)
@@ -506,7 +648,7 @@ def merge_tables(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, 
 
 def build_config(raw: Mapping[str, Any]) -> Config:
     """Validate a merged raw tree (file < env < flags) into a Config."""
-    top_allowed = {*list(_SECTIONS), "upstreams"}
+    top_allowed = {*list(_SECTIONS), "upstreams", "routes", "apps"}
     for key in raw:
         if key not in top_allowed:
             raise ConfigError(f"unknown key {key} (allowed keys: {', '.join(sorted(top_allowed))})")
@@ -535,7 +677,67 @@ def build_config(raw: Mapping[str, Any]) -> Config:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"upstreams: name {dupes[0]!r} is used twice (names must be unique)")
-    return Config(upstreams=tuple(upstreams), **sections)
+    routes = _build_routes(raw.get("routes", []), set(names))
+    apps = _build_apps(raw.get("apps", []))
+    return Config(upstreams=tuple(upstreams), routes=routes, apps=apps, **sections)
+
+
+# The `app` label of every peer that matches no [[apps]] entry.
+OTHER_APP = "other"
+
+
+def _build_apps(raw: Any) -> tuple[AppConfig, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"apps = {raw!r} is not allowed: expected an array of tables ([[apps]])")
+    apps: list[AppConfig] = []
+    owner: dict[int, str] = {}
+    for i, table in enumerate(raw):
+        app = _build(AppConfig, table, f"apps[{i}].")
+        if not app.name:
+            raise ConfigError(f"apps[{i}].name is required")
+        if app.name == OTHER_APP or any(a.name == app.name for a in apps):
+            raise ConfigError(
+                f"apps[{i}].name = {app.name!r} is not allowed: names must be unique and "
+                f"{OTHER_APP!r} is the label of peers that match no app"
+            )
+        for uid in app.uids:
+            if uid in owner:
+                raise ConfigError(
+                    f"apps[{i}].uids: uid {uid} already belongs to app {owner[uid]!r}"
+                )
+            owner[uid] = app.name
+        apps.append(app)
+    return tuple(apps)
+
+
+def parse_target(target: str) -> tuple[str, str | None]:
+    """'upstream' or 'upstream:model' -> (upstream, model or None for 'as requested')."""
+    name, sep, model = target.partition(":")
+    return name, (model if sep and model else None)
+
+
+def _build_routes(raw: Any, upstream_names: set[str]) -> tuple[RouteConfig, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"routes = {raw!r} is not allowed: expected an array of tables")
+    routes: list[RouteConfig] = []
+    seen: set[str] = set()
+    for i, table in enumerate(raw):
+        route = _build(RouteConfig, table, f"routes[{i}].")
+        if not route.model:
+            raise ConfigError(f"routes[{i}].model is required")
+        if route.model in seen:
+            raise ConfigError(f"routes: model {route.model!r} is routed twice")
+        seen.add(route.model)
+        for key in ("targets", "context_fallbacks", "policy_fallbacks"):
+            for target in getattr(route, key):
+                name, _ = parse_target(target)
+                if name not in upstream_names:
+                    known = ", ".join(sorted(upstream_names))
+                    raise ConfigError(
+                        f"routes[{i}].{key}: {target!r} names no upstream (upstreams: {known})"
+                    )
+        routes.append(route)
+    return tuple(routes)
 
 
 def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -578,7 +780,10 @@ def _parse_env_value(name: str, text: str, tp: Any) -> Any:
         except ValueError:
             raise ConfigError(f"{name} = {text!r} is not allowed: expected a number") from None
     if get_origin(tp) is tuple:
-        return [part.strip() for part in text.split(",") if part.strip()]
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        if get_args(tp)[0] is int:
+            return [_parse_env_value(name, part, int) for part in parts]
+        return parts
     return text
 
 
@@ -692,9 +897,10 @@ def reference_markdown() -> str:
     table(UpstreamConfig, "[[upstreams]]")
     lines.append(
         "Each `[[upstreams]]` entry may also carry `[upstreams.retry]`, `[upstreams.stream]` "
-        "and `[upstreams.breaker]` tables that override the global values key by key."
+        "and `[upstreams.breaker]` tables that override the global values key by key.\n"
     )
-    return "\n".join(lines) + "\n"
+    table(AppConfig, "[[apps]]")
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def _toml_literal(value: Any) -> str:
@@ -721,6 +927,8 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 
 __all__ = [
+    "OTHER_APP",
+    "AppConfig",
     "BreakerConfig",
     "Config",
     "ConfigError",
@@ -734,6 +942,7 @@ __all__ = [
     "UpstreamConfig",
     "build_config",
     "default_resume_mode",
+    "default_socket_path",
     "merge_tables",
     "reference_markdown",
     "resolve",

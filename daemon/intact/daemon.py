@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -17,14 +18,22 @@ from dataclasses import dataclass, field
 import structlog
 from aiohttp import web
 
+from intact.access import AppAccess
 from intact.admin import build_admin_app
 from intact.clock import SYSTEM_CLOCK, Clock
 from intact.config import Config
-from intact.listener import build_app
+from intact.connections import ConnectionGate
+from intact.listener import build_app, read_timeout_reporter
 from intact.relay.engine import Relay, UpstreamRuntime
-from intact.telemetry.api import NoTelemetry, Telemetry
+from intact.telemetry.api import AppTelemetry, NoTelemetry, Telemetry
 from intact.telemetry.runtime import MetricsHandler
-from intact.unix_socket import bind_unix_socket, remove_socket_file, socket_inode
+from intact.unix_socket import (
+    bind_unix_socket,
+    prepare_default_socket_dir,
+    remove_socket_file,
+    socket_inode,
+    world_writable_dir,
+)
 
 log = structlog.get_logger("intact.daemon")
 
@@ -42,6 +51,8 @@ class RunningDaemon:
     socket_path: str
     admin_url: str | None
     runners: list[web.AppRunner] = field(default_factory=list)
+    access: AppAccess | None = None
+    connections: ConnectionGate | None = None
 
 
 def split_host_port(addr: str) -> tuple[str, int]:
@@ -65,31 +76,54 @@ async def running_daemon(
     ]
     relay = Relay(config, upstreams, telemetry, clock=clock)
     telemetry.observe_breakers(lambda: {u.name: u.breaker.state for u in upstreams})
+    server = config.server
+    access = AppAccess(
+        server,
+        config.apps,
+        on_refused=telemetry.app_refused if isinstance(telemetry, AppTelemetry) else None,
+    )
+    gate = ConnectionGate(
+        max_per_peer=server.max_connections_per_peer,
+        read_timeout=server.request_read_timeout,
+        on_read_timeout=read_timeout_reporter(access),
+    )
     path = config.socket_path()
-    sock = bind_unix_socket(path, int(config.server.socket_mode, 8), backlog=LISTEN_BACKLOG)
+    if not server.socket:
+        prepare_default_socket_dir(os.path.dirname(path))
+    elif world_writable_dir(path):
+        log.warning("socket_dir_world_writable", socket=path)
+    sock = bind_unix_socket(path, int(server.socket_mode, 8), backlog=LISTEN_BACKLOG)
     inode = socket_inode(path)
     runners: list[web.AppRunner] = []
-    app_site: web.SockSite | None = None
+    app_server: asyncio.Server | None = None
     try:
         for up in upstreams:
             await up.client.start()
             if up.config.api_key_env and not up.client.has_api_key:
                 log.warning("api_key_missing", upstream=up.name, env=up.config.api_key_env)
-        app = build_app(relay, max_body_bytes=config.server.max_body_bytes)
+        app = build_app(relay, max_body_bytes=server.max_body_bytes, access=access, gate=gate)
         runner = web.AppRunner(
             app,
             shutdown_timeout=1.0,  # the relay drains first (server.drain_timeout)
             handler_cancellation=True,
             access_log=None,
+            # Also closes a connection that sends nothing at all (aiohttp arms it at open).
+            keepalive_timeout=server.idle_timeout,
         )
         await runner.setup()
         runners.append(runner)
-        app_site = web.SockSite(runner, sock, backlog=LISTEN_BACKLOG)
-        await app_site.start()
+        assert runner.server is not None
+        # Our own server rather than a SockSite: the gate sees each connection's peer.
+        app_server = await asyncio.get_running_loop().create_server(
+            gate.protocol_factory(runner.server), sock=sock, backlog=LISTEN_BACKLOG
+        )
         admin_url = None
         if config.server.metrics_addr != "off":
             host, port = split_host_port(config.server.metrics_addr)
-            admin = web.AppRunner(build_admin_app(relay, metrics_handler), access_log=None)
+            admin = web.AppRunner(
+                build_admin_app(relay, metrics_handler, access=access, connections=gate),
+                access_log=None,
+            )
             await admin.setup()
             runners.append(admin)
             site = web.TCPSite(admin, host, port)
@@ -100,13 +134,18 @@ async def running_daemon(
             "intact_started", socket=path, admin=admin_url, upstreams=[u.name for u in upstreams]
         )
         yield RunningDaemon(
-            config=config, relay=relay, socket_path=path, admin_url=admin_url, runners=runners
+            config=config,
+            relay=relay,
+            socket_path=path,
+            admin_url=admin_url,
+            runners=runners,
+            access=access,
+            connections=gate,
         )
     finally:
         # Stop accepting, give in-flight streams drain_timeout, end the rest explicitly.
-        if app_site is not None:
-            with contextlib.suppress(RuntimeError):
-                await app_site.stop()
+        if app_server is not None:
+            app_server.close()
         await relay.drain(config.server.drain_timeout)
         for r in runners:
             await r.cleanup()

@@ -3,6 +3,9 @@
 Routes: ``POST /v1/chat/completions`` (stream and non-stream) and ``GET /v1/models``. Bad
 input is refused here, before it can cost an upstream call, with the OpenAI error shape the
 SDKs understand; so are unknown routes (404), wrong methods (405) and oversized bodies (413).
+So are peers the access list does not allow (403), a connection over its peer's cap and an
+app over its stream limit (429 + Retry-After), and a body slower than
+``server.request_read_timeout`` (408).
 """
 
 from __future__ import annotations
@@ -15,15 +18,24 @@ import orjson
 import structlog
 from aiohttp import web
 
+from intact.access import AppAccess
+from intact.connections import AppConnection, ConnectionGate
 from intact.errors import AppError, invalid_request, not_found
+from intact.peer import Peer
 from intact.relay.engine import Relay
 from intact.relay.request import parse_chat_request
 from intact.relay.sinks import AppLimits, CompletionSink, SSESink, json_response
 from intact.resilience.classify import UpstreamFailure
+from intact.telemetry.api import REQUEST_APP, RefusalReason
 
 log = structlog.get_logger("intact.listener")
 
 RELAY_KEY: web.AppKey[Relay] = web.AppKey("relay", Relay)
+ACCESS_KEY: web.AppKey[AppAccess] = web.AppKey("access", AppAccess)
+GATE_KEY: web.AppKey[ConnectionGate] = web.AppKey("gate", ConnectionGate)
+
+# Seconds an app is asked to wait after a 429 from a per-app or per-peer limit.
+LIMIT_RETRY_AFTER = "1"
 
 
 def error_response(error: AppError) -> web.Response:
@@ -63,8 +75,98 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
         return response
 
 
+def _peer_fields(peer: Peer | None) -> dict[str, int | None]:
+    if peer is None:
+        return {"uid": None, "gid": None, "pid": None}
+    return {"uid": peer.uid, "gid": peer.gid, "pid": peer.pid}
+
+
+def _refuse(
+    request: web.Request,
+    peer: Peer | None,
+    app: str,
+    reason: RefusalReason,
+    error: AppError,
+    *,
+    close: bool,
+) -> web.Response:
+    """Answer with ``error``, log who was refused and why, and count it."""
+    request.app[ACCESS_KEY].refuse(app, reason)
+    log.warning(
+        "app_refused",
+        reason=reason.value,
+        app=app,
+        status=error.status,
+        route=request.path,
+        **_peer_fields(peer),
+    )
+    response = error_response(error)
+    if close:
+        response.force_close()
+    return response
+
+
+def _connection(request: web.Request) -> AppConnection | None:
+    return request.app[GATE_KEY].connection(request.transport)
+
+
+@web.middleware
+async def peer_access(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse peers the access list does not allow (403) and connections over their peer's
+    cap (429); mark the connection busy so its read clock stops while it is served."""
+    gate = request.app[GATE_KEY]
+    conn = gate.connection(request.transport)
+    peer = conn.peer if conn is not None else None
+    access = request.app[ACCESS_KEY]
+    if conn is not None:
+        gate.request_started(conn)
+    try:
+        if not access.admits(peer):
+            who = "unknown" if peer is None else f"uid {peer.uid}, gid {peer.gid}"
+            error = AppError(
+                status=403,
+                message=f"This process ({who}) is not allowed to use intact "
+                "(server.allowed_uids / server.allowed_gids).",
+                type="permission_error",
+                code="peer_not_allowed",
+            )
+            app = access.app_for(peer, {})
+            return _refuse(request, peer, app, RefusalReason.FORBIDDEN, error, close=True)
+        if conn is not None and conn.over_limit:
+            error = AppError(
+                status=429,
+                message=f"This process already has {gate.max_per_peer} connections open to "
+                "intact (server.max_connections_per_peer); reuse them or close some.",
+                type="rate_limit_error",
+                code="too_many_connections",
+                headers={"Retry-After": LIMIT_RETRY_AFTER},
+            )
+            app = access.app_for(peer, request.headers)
+            return _refuse(request, peer, app, RefusalReason.CONNECTION_LIMIT, error, close=True)
+        return await handler(request)
+    finally:
+        if conn is not None:
+            gate.request_ended(conn)
+
+
+def read_timeout_reporter(access: AppAccess) -> Callable[[AppConnection], None]:
+    """What happens when a request's head is too slow: a log line and a refusal count
+    (the gate then closes the connection)."""
+
+    def report(conn: AppConnection) -> None:
+        app = access.app_for(conn.peer, {})
+        access.refuse(app, RefusalReason.READ_TIMEOUT)
+        log.warning("app_refused", reason="read_timeout", app=app, **_peer_fields(conn.peer))
+
+    return report
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     relay = request.app[RELAY_KEY]
+    access = request.app[ACCESS_KEY]
+    conn = _connection(request)
+    peer = conn.peer if conn is not None else None
+    app = access.app_for(peer, request.headers)
     if relay.draining:
         return error_response(
             AppError(
@@ -75,16 +177,43 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 headers={"Retry-After": "1"},
             )
         )
-    raw = await request.read()
+    read_timeout = relay.config.server.request_read_timeout
+    try:
+        async with asyncio.timeout(read_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        error = invalid_request(
+            f"The request body did not arrive within {read_timeout:g} s "
+            "(server.request_read_timeout).",
+            code="request_timeout",
+            status=408,
+        )
+        return _refuse(request, peer, app, RefusalReason.READ_TIMEOUT, error, close=True)
     parsed = parse_chat_request(raw, request.headers)
     if isinstance(parsed, AppError):
         return error_response(parsed)
+    if not access.open_stream(app):
+        error = AppError(
+            status=429,
+            message=f"The app {app!r} already has its maximum of concurrent streams "
+            "([[apps]] max_concurrent_streams); retry later.",
+            type="rate_limit_error",
+            code="too_many_streams",
+            headers={"Retry-After": LIMIT_RETRY_AFTER},
+        )
+        return _refuse(request, peer, app, RefusalReason.STREAM_LIMIT, error, close=False)
     sink: SSESink | CompletionSink = (
         SSESink(request, AppLimits.from_config(relay.config.server))
         if parsed.stream
         else CompletionSink()
     )
-    await relay.serve(parsed, sink, request.headers)
+    app_token = REQUEST_APP.set(app)
+    try:
+        with structlog.contextvars.bound_contextvars(app=app):
+            await relay.serve(parsed, sink, request.headers)
+    finally:
+        REQUEST_APP.reset(app_token)
+        access.close_stream(app)
     if sink.result is None:  # defensive: the relay always ends the response
         return error_response(
             AppError(status=500, message="no response produced", type="server_error")
@@ -126,9 +255,22 @@ async def list_models(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
-def build_app(relay: Relay, *, max_body_bytes: int) -> web.Application:
-    app = web.Application(client_max_size=max_body_bytes, middlewares=[openai_errors])
+def build_app(
+    relay: Relay,
+    *,
+    max_body_bytes: int,
+    access: AppAccess | None = None,
+    gate: ConnectionGate | None = None,
+) -> web.Application:
+    """The app-side application; ``gate`` must be the one the socket's server was built
+    with (without it no connection has a known peer)."""
+    server = relay.config.server
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[peer_access, openai_errors])
     app[RELAY_KEY] = relay
+    app[ACCESS_KEY] = access or AppAccess(server, relay.config.apps)
+    app[GATE_KEY] = gate or ConnectionGate(
+        max_per_peer=server.max_connections_per_peer, read_timeout=server.request_read_timeout
+    )
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
     return app

@@ -33,10 +33,15 @@ class SSEEvent:
 class SSEDecoder:
     """Incremental event-stream decoder with a bound on one event's size."""
 
-    __slots__ = ("_buf", "_data", "_event", "_id", "_max", "_pending_cr", "_retry", "_size")
+    __slots__ = (
+        "_data", "_event", "_id", "_max", "_pending_cr", "_retry", "_size", "_tail", "_tail_len",
+    )  # fmt: skip
 
     def __init__(self, max_event_bytes: int = 8 * 1024 * 1024) -> None:
-        self._buf = b""
+        # The unterminated tail, in pieces: a long line arriving in many reads is joined
+        # once, when its end arrives, not re-copied and re-scanned on every read.
+        self._tail: list[bytes] = []
+        self._tail_len = 0
         self._data: list[bytes] = []
         self._size = 0
         self._event: str | None = None
@@ -54,7 +59,13 @@ class SSEDecoder:
             self._pending_cr = False
             if chunk.startswith(b"\n"):
                 chunk = chunk[1:]
-        buf = self._buf + chunk if self._buf else chunk
+        if self._tail and b"\n" not in chunk and b"\r" not in chunk:
+            self._tail.append(chunk)  # still inside the same line
+            self._tail_len += len(chunk)
+            if self._tail_len + self._size > self._max:
+                raise SSEProtocolError(f"SSE event larger than {self._max} bytes")
+            return []
+        buf = b"".join((*self._tail, chunk)) if self._tail else chunk
         events: list[SSEEvent] = []
         pos = 0
         end = len(buf)
@@ -76,8 +87,9 @@ class SSEDecoder:
                 break
             self._line(buf[pos:nl], events)
             pos = nl + 1
-        self._buf = buf[pos:] if pos < end else b""
-        if len(self._buf) + self._size > self._max:
+        self._tail = [buf[pos:]] if pos < end else []
+        self._tail_len = end - pos
+        if self._tail_len + self._size > self._max:
             raise SSEProtocolError(f"SSE event larger than {self._max} bytes")
         return events
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from intact.daemon import RunningDaemon
-from intact.resilience.breaker import BreakerState
+from intact.resilience.breaker import BreakerState, CallOutcome
 from intact.simulator import expected_answer
 from support import MESSAGES, daemon_for, fast_sim, raw_client, sdk, stream_chat
 
@@ -261,9 +261,14 @@ async def test_a_retry_waiting_out_retry_after_does_not_call_an_upstream_whose_b
         waiting = asyncio.create_task(post(d))
         while sim.stats.chat_requests < 1:
             await asyncio.sleep(0.01)
-        sim.schedule_faults(["http_500"] * 8)
+        # Other traffic opens the breaker while the first request sleeps. (Requests to an
+        # upstream that answered 429 are paced, so other requests cannot do it in time;
+        # failures are recorded on the breaker directly.)
+        breaker = d.relay.upstreams[0].breaker
         for _ in range(4):
-            await post(d)  # these open the breaker while the first request sleeps
+            permit = breaker.try_acquire()
+            assert permit is not None
+            permit.record(CallOutcome.FAILURE)
         assert state(d) is BreakerState.OPEN
         seen_before = sim.stats.chat_requests
         resp = await waiting

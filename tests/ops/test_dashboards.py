@@ -21,7 +21,10 @@ BUILDER = REPO / "dashboards" / "build_dashboards.py"
 RULES = REPO / "deploy" / "prometheus" / "intact-rules.yml"
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-TARGET_LABELS = {"job", "instance"}  # added by Prometheus at scrape time
+# Added by Prometheus at scrape time: job and instance always; namespace and pod by Kubernetes
+# scrapes (deploy/kubernetes/monitoring/podmonitor.yaml) or static_configs labels.
+TARGET_LABELS = {"job", "instance", "namespace", "pod"}
+SCOPE = ("job", "namespace", "pod", "instance")
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _BRACES = re.compile(r"\{[^}]*\}")
@@ -88,7 +91,11 @@ def test_committed_dashboards_are_the_builders_output() -> None:
 def test_dashboards_are_grafana_11_with_the_datasource_as_a_variable(
     dashboards: dict[str, dict[str, Any]],
 ) -> None:
-    assert set(dashboards) == {"intact-overview.json", "intact-upstreams.json"}
+    assert set(dashboards) == {
+        "intact-overview.json",
+        "intact-upstreams.json",
+        "intact-fleet.json",
+    }
     for name, board in dashboards.items():
         assert board["schemaVersion"] >= 39, name
         assert board["uid"] and board["title"].startswith("Intact / "), name
@@ -103,6 +110,42 @@ def test_dashboards_are_grafana_11_with_the_datasource_as_a_variable(
     overview = {v["name"]: v for v in dashboards["intact-overview.json"]["templating"]["list"]}
     for name in ("upstream", "model"):
         assert overview[name]["multi"] and overview[name]["allValue"] == ".*"
+
+
+def test_every_dashboard_selects_sidecars_by_job_namespace_pod_and_instance(
+    dashboards: dict[str, dict[str, Any]],
+) -> None:
+    for name, board in dashboards.items():
+        variables = [v for v in board["templating"]["list"] if v["name"] in SCOPE]
+        assert [v["name"] for v in variables] == list(SCOPE), name
+        for i, var in enumerate(variables):
+            # "All" must also match a target without the label (a systemd host has no pod)
+            assert var["multi"] and var["includeAll"] and var["allValue"] == ".*", var["name"]
+            match = _LABEL_VALUES.match(var["definition"])
+            assert match and match.group(2) == var["name"], var["definition"]
+            # each one lists the values under the ones before it
+            narrowed_by = set(matcher_labels(match.group(1)).get("intact_breaker_state", ()))
+            assert narrowed_by == set(SCOPE[:i]), (name, var["name"], narrowed_by)
+
+
+def test_every_panel_query_honours_the_scope_variables(
+    dashboards: dict[str, dict[str, Any]],
+) -> None:
+    """Raw metrics are filtered by all four scope variables, except on panels that compare a
+    pod with the rest of the fleet (which say so); recorded series by those they carry."""
+    for name, board in dashboards.items():
+        for panel in non_row_panels(board):
+            whole_fleet = "Ignores the pod and instance variables" in panel["description"]
+            for target in panel["targets"]:
+                for metric, labels in matcher_labels(target["expr"]).items():
+                    where = f"{name}: {panel['title']!r}: {metric}"
+                    if ":" in metric:  # a recording rule's series
+                        assert "job" in labels, where
+                    elif whole_fleet:
+                        assert {"job", "namespace"} <= labels, where
+                        assert not {"pod", "instance"} & labels, where
+                    else:
+                        assert set(SCOPE) <= labels, where
 
 
 def test_every_panel_has_a_title_description_datasource_unit_and_its_own_place(
@@ -143,7 +186,7 @@ def test_breaker_state_is_shown_as_closed_half_open_open(
 ) -> None:
     for name, board in dashboards.items():
         timelines = [p for p in board["panels"] if p["type"] == "state-timeline"]
-        assert timelines, name
+        assert timelines or name == "intact-fleet.json", name
         for panel in timelines:
             assert "intact_breaker_state" in panel["targets"][0]["expr"]
             (mapping,) = panel["fieldConfig"]["defaults"]["mappings"]

@@ -12,16 +12,10 @@ Skipped without `prometheus` on PATH, unless REQUIRE_PROMETHEUS=1 (CI), which ma
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
 import re
-import socket
-import subprocess
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -31,12 +25,12 @@ import pytest_asyncio
 from intact.resilience.breaker import BreakerState
 from support import stream_chat
 
+from .prometheus_server import RULES, PrometheusAPI, Target, as_promql, running_prometheus, value
+
 # One daemon and one Prometheus for the module: each test reads the same live scenario.
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
 
-RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "intact-rules.yml"
 UPSTREAM = "sim0"
-WAIT = 15.0  # longest wait for any one condition
 
 # Breaker: judged on 10 calls in 10 s, open at 50% failures, and open for the whole test.
 # The mixed traffic makes 9 calls (4 failed) a wave: two waves leave it closed at 8/18, the
@@ -50,110 +44,6 @@ DAEMON = {
         "open_duration": 120.0,
     },
 }
-
-# Grafana's variables, as the dashboards would send them with "All" selected.
-GRAFANA_VARIABLES = {
-    '="$upstream"': f'="{UPSTREAM}"',  # the drilldown's single-value upstream
-    "$__rate_interval": "1m",
-    "$__range": "5m",
-    "$__interval": "15s",
-    "$instance": ".*",
-    "$upstream": ".*",
-    "$model": ".*",
-}
-
-
-def as_promql(expr: str) -> str:
-    for variable, value in GRAFANA_VARIABLES.items():
-        expr = expr.replace(variable, value)
-    assert "$" not in expr, expr
-    return expr
-
-
-def prometheus_config(target: str) -> str:
-    return f"""\
-global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-  evaluation_interval: 1s
-rule_files:
-  - {RULES}
-scrape_configs:
-  - job_name: intact
-    static_configs:
-      - targets: ["{target}"]
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def running_prometheus(binary: str, workdir: Path, target: str) -> Iterator[tuple[str, Path]]:
-    """Start Prometheus scraping ``target``; yield its URL and log; always stop it."""
-    config = workdir / "prometheus.yml"
-    config.write_text(prometheus_config(target))
-    log_path = workdir / "prometheus.log"
-    url = f"http://127.0.0.1:{free_port()}"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address={url.removeprefix('http://')}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield url, log_path
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-
-
-class PrometheusAPI:
-    def __init__(self, session: aiohttp.ClientSession, url: str, log: Path) -> None:
-        self.session, self.url, self.log = session, url, log
-
-    async def get(self, path: str, **params: str) -> Any:
-        async with self.session.get(f"{self.url}{path}", params=params) as resp:
-            body = await resp.json()
-        assert body["status"] == "success", f"{path} {params}: {body}"
-        return body["data"]
-
-    async def query(self, expr: str) -> list[dict[str, Any]]:
-        data = await self.get("/api/v1/query", query=expr)
-        assert data["resultType"] == "vector", (expr, data)
-        return list(data["result"])
-
-    async def until(self, what: str, check: Callable[[], Awaitable[bool]]) -> None:
-        deadline = time.monotonic() + WAIT
-        while not await check():
-            if time.monotonic() > deadline:
-                tail = self.log.read_text(errors="replace")[-3000:]
-                pytest.fail(f"timed out waiting for {what}; prometheus log:\n{tail}")
-            await asyncio.sleep(0.25)
-
-
-async def ready(api: PrometheusAPI) -> bool:
-    try:
-        async with api.session.get(f"{api.url}/-/ready") as resp:
-            return resp.status == 200
-    except aiohttp.ClientConnectionError:
-        return False
-
-
-def value(sample: dict[str, Any]) -> float:
-    return float(sample["value"][1])
 
 
 @dataclass
@@ -173,10 +63,10 @@ async def live(
     async with serve_intact(workdir, **DAEMON) as intact:
         assert intact.daemon.admin_url is not None
         target = intact.daemon.admin_url.removeprefix("http://")
-        with running_prometheus(prometheus, workdir, target) as (url, log):
+        with running_prometheus(prometheus, workdir, [Target(target)]) as (url, log):
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
                 api = PrometheusAPI(session, url, log)
-                await api.until("Prometheus to be ready", lambda: ready(api))
+                await api.until("Prometheus to be ready", api.ready)
 
                 async def scraped(expr: str, expected: float) -> bool:
                     found = await api.query(expr)
@@ -222,7 +112,7 @@ async def test_the_breaker_alerts_go_pending_with_rendered_annotations(live: Liv
 
     async def alerts_active() -> bool:
         active.clear()
-        for alert in (await live.api.get("/api/v1/alerts"))["alerts"]:
+        for alert in await live.api.alerts():
             active.setdefault(alert["labels"]["alertname"], []).append(alert)
         return expected <= set(active)
 
@@ -269,7 +159,7 @@ async def test_every_dashboard_query_runs_and_returns_data(
 ) -> None:
     empty = []
     for query in panel_queries:
-        result = await live.api.query(as_promql(query.expr))  # asserts status "success"
+        result = await live.api.query(as_promql(query.expr, UPSTREAM))  # status "success"
         if not result:
             empty.append(f"{query.dashboard} {query.where}: {query.expr}")
         assert not any(math.isinf(value(sample)) for sample in result), query
@@ -279,14 +169,16 @@ async def test_every_dashboard_query_runs_and_returns_data(
 async def test_every_dashboard_variable_lists_values(
     live: Live, dashboards: dict[str, dict[str, Any]]
 ) -> None:
+    # Scraped without Kubernetes labels, as on a systemd host: namespace and pod list nothing
+    # (their "All" still matches; test_fleet_prometheus.py scrapes with them).
     for board in dashboards.values():
         for var in board["templating"]["list"]:
-            if var["type"] != "query":
+            if var["type"] != "query" or var["name"] in ("namespace", "pod"):
                 continue
             match = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", var["definition"])
             assert match, var["definition"]
             values = await live.api.get(
                 f"/api/v1/label/{match.group(2)}/values",
-                **{"match[]": as_promql(match.group(1))},
+                **{"match[]": as_promql(match.group(1), UPSTREAM)},
             )
             assert values, var["definition"]

@@ -46,7 +46,12 @@ TIMEOUTS = {
 
 @contextlib.asynccontextmanager
 async def chaos_intact(
-    tmp_path: Path, llama: LlamaServer, *, resume: str = "prefill", **chaos: Any
+    tmp_path: Path,
+    llama: LlamaServer,
+    *,
+    resume: str = "prefill",
+    max_attempts: int = 6,
+    **chaos: Any,
 ) -> AsyncIterator[tuple[ChaosProxy, RunningDaemon]]:
     """llama-server <- chaos proxy <- intact, for one test."""
     settings = ChaosSettings(
@@ -63,6 +68,7 @@ async def chaos_intact(
             [],
             upstreams=[{"name": "llama", "base_url": proxy.url + "/v1", "resume": resume}],
             stream=TIMEOUTS,
+            retry={"max_attempts": max_attempts},
         ) as daemon,
     ):
         yield proxy, daemon
@@ -136,7 +142,7 @@ class Case:
 
 def _cases() -> list[Case]:
     cases = [Case(p, (kind,), True) for p in PROMPTS for kind in MID_STREAM_KINDS]
-    cases += [Case(p, (kind,), False) for p in ("sky", "hash") for kind in MID_STREAM_KINDS]
+    cases += [Case(("sky", "hash")[i % 2], (k,), False) for i, k in enumerate(MID_STREAM_KINDS)]
     for i, kind in enumerate(BEFORE_RESPONSE):
         cases.append(Case(("tips", "poem")[i % 2], (kind,), True))
         cases.append(Case(("hash", "sky")[i % 2], (kind,), False))
@@ -174,14 +180,54 @@ async def test_seeded_random_faults_leave_every_answer_exact(
     odds = FaultOdds(fault_rate=0.5, kinds=ALL_FAULT_KINDS, max_position=MAX_TOKENS)
     verdicts = []
     async with chaos_intact(tmp_path, llama_server, odds=odds, seed=SEED) as (proxy, daemon):
-        for prompt in (*PROMPTS, "sky", "hash"):
+        for prompt in PROMPTS:
             seen = await ask(daemon, prompt, stream=True)
             verdicts.append(record(f"random-{prompt}", references[prompt], seen, ""))
         struck = proxy.stats.faults.copy()
     RECORD.faults.update(struck)
     log = fault_log(tmp_path)
-    assert sum(struck.values()) >= 3, f"seed {SEED} struck too few faults:\n    {log}"
+    assert sum(struck.values()) >= 2, f"seed {SEED} struck too few faults:\n    {log}"
     assert all(verdicts), f"{verdicts}\n    {log}"
+
+
+def seam_positions(ref: Reference) -> list[int]:
+    """Cuts where resuming is hardest for a real model and a splicer.
+
+    After a chunk ending in whitespace ("\n" then "\n" re-tokenises as "\n\n": the model
+    can continue differently), and where the rest of the answer starts by repeating the end
+    of the partial (a model repeating a line: a splicer must not take it for an echo).
+    """
+    positions = [p for p in range(1, len(ref.chunks) + 1) if ref.chunks[p - 1][-1:].isspace()]
+    for p in range(1, len(ref.chunks)):
+        partial = ref.partial(p)
+        rest = ref.text[len(partial) :]
+        if len(partial) >= 20 and rest.startswith(partial[-20:]) and p not in positions:
+            positions.append(p)
+            break
+    return sorted(positions)
+
+
+@pytest.mark.parametrize("prompt", ["sky", "poem", "tips"])
+async def test_resume_at_a_whitespace_or_repeated_line_seam_is_byte_identical(
+    tmp_path: Path, llama_server: LlamaServer, references: dict[str, Reference], prompt: str
+) -> None:
+    ref = references[prompt]
+    positions = seam_positions(ref)
+    kinds = ("reset", "truncate", "error_event")
+    differed = []
+    async with chaos_intact(tmp_path, llama_server) as (proxy, daemon):
+        for i, position in enumerate(positions):
+            spec = f"{kinds[i % len(kinds)]}@{position}"
+            proxy.schedule_faults([spec])
+            seen = await ask(daemon, prompt, stream=True)
+            where = f"cut after {ref.partial(position)[-30:]!r}"
+            if not record(f"{prompt}-seam-{spec}", ref, seen, where):
+                differed.append(f"{spec} ({where}): {difference(ref, seen)}")
+        struck = proxy.stats.faults.copy()
+    RECORD.faults.update(struck)
+    assert positions, f"no whitespace seam in the {prompt!r} answer: {ref.text!r}"
+    assert sum(struck.values()) == len(positions), fault_log(tmp_path)
+    assert not differed, "\n".join(differed)
 
 
 def doubled_seam(partial: str, continuation: str) -> str | None:
@@ -208,7 +254,9 @@ async def test_instruct_resume_on_a_weak_model_is_whole_or_an_explicit_error(
     rng = random.Random(f"instruct-{prompt}")
     kind = rng.choice(["reset", "error_event", "truncate"])
     position = rng.randint(10, len(ref.chunks) - 10)
-    async with chaos_intact(tmp_path, llama_server, resume="instruct") as (proxy, daemon):
+    # Three attempts: a weak model that restarts its answer fails the same way every time.
+    instruct = chaos_intact(tmp_path, llama_server, resume="instruct", max_attempts=3)
+    async with instruct as (proxy, daemon):
         proxy.schedule_faults([f"{kind}@{position}"])
         seen = await ask(daemon, prompt, stream=True)
     partial = ref.partial(position)

@@ -230,7 +230,7 @@ async def test_include_usage_adds_usage_null_to_chunks_and_a_final_usage_chunk(
     assert last.choices == []
     assert last.usage is not None
     assert last.usage.completion_tokens == 5
-    assert last.usage.prompt_tokens == (3 + 7) + 2 * 3  # words + 3 per message
+    assert last.usage.prompt_tokens == (4 + 9) + 2 * 3 + 3  # tokens + 3 per message + 3
     assert last.usage.total_tokens == last.usage.prompt_tokens + 5
     assert chunks[-2].choices[0].finish_reason == "length"
 

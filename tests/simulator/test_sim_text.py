@@ -154,9 +154,18 @@ def test_max_tokens_truncates_with_finish_length() -> None:
     assert complete(answer, None).tokens == answer.tokens
 
 
-def test_prompt_tokens_count_words_plus_three_per_message() -> None:
-    assert prompt_tokens([{"role": "user", "content": "one two three"}]) == 6
-    assert prompt_tokens(conversation("a b")) == (3 + 3) + (2 + 3)
+def test_prompt_tokens_count_content_tokens_plus_three_per_message_and_the_answer() -> None:
+    assert prompt_tokens([{"role": "user", "content": "one two, three."}]) == (5 + 3) + 3
+    assert prompt_tokens(conversation("a b")) == (4 + 3) + (2 + 3) + 3
+
+
+def test_a_prefill_counts_exactly_its_partials_tokens_more_than_the_original() -> None:
+    answer = prose("count me")
+    partial = {"role": "assistant", "content": "".join(answer.tokens[:17])}
+    original = prompt_tokens(conversation("count me"))
+    assert prompt_tokens([*conversation("count me"), partial], continues_final=True) == (
+        original + 17
+    )
 
 
 # --- reasoning and refusals ------------------------------------------------------------------

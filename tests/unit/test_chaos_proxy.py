@@ -534,3 +534,19 @@ def test_the_command_refuses_bad_flags_with_exit_2() -> None:
         text=True,
     )
     assert out.returncode == 2 and "unknown fault kinds ['nope']" in out.stderr
+
+
+async def test_stopping_cuts_a_stalled_stream_at_once() -> None:
+    async with fast_sim() as sim:
+        proxy = ChaosProxy(ChaosSettings(upstream=origin(sim.base_url), stall_max=60))
+        await proxy.start()
+        broken = asyncio.create_task(stream_until_broken(proxy, "stall@2", read_timeout=30))
+        while not proxy.stats.faults["stall"]:
+            await asyncio.sleep(0.01)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await proxy.stop()
+        data, error = await broken
+    assert loop.time() - started < 2.0
+    assert len(content_chunks(data)) == 2 and error is not None
+    assert proxy.stats.active == 0 and proxy.stats.client_disconnects == 0

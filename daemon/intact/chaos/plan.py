@@ -34,6 +34,8 @@ LAST_CHUNK = sys.maxsize
 # Requests seen per distinct (path, body); older entries are forgotten beyond this, which only
 # restarts the occurrence count of a body not seen for that many distinct requests.
 MAX_TRACKED_BODIES = 65_536
+MAX_SCRIPTED = 100_000
+"""Scripted faults waiting at once (the script comes from a client over HTTP)."""
 
 Source = Literal["header", "script", "random"]
 
@@ -125,7 +127,10 @@ class FaultPlanner:
 
     def schedule(self, specs: Sequence[str]) -> None:
         """Append scripted faults, one per coming request; all or nothing (ValueError)."""
-        self._script.extend([parse_chaos_spec(spec) for spec in specs])
+        parsed = [parse_chaos_spec(spec) for spec in specs]
+        if len(self._script) + len(parsed) > MAX_SCRIPTED:
+            raise ValueError(f"the fault script holds at most {MAX_SCRIPTED} faults")
+        self._script.extend(parsed)
 
     def clear(self) -> None:
         self._script.clear()

@@ -212,31 +212,36 @@ class ChaosProxy:
         app.router.add_post("/chaos/faults", self._chaos_schedule)
         app.router.add_delete("/chaos/faults", self._chaos_clear)
         app.router.add_route("*", "/{tail:.*}", self._forward)
-        # A client that goes away cancels its handler, which closes the upstream request.
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port, backlog=1024)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        # force_close: servers such as llama.cpp's announce keep-alive but close after each
-        # streamed answer; a reused pooled connection would then fail, a fault of our own.
+        # force_close, one upstream connection per request: a pooled connection that the
+        # server closes as it is reused (llama-server drops idle ones after 5 s) would fail
+        # with a fault of the proxy's own making. A handshake per request is the price.
         connector = aiohttp.TCPConnector(limit=self.settings.max_connections, force_close=True)
         timeout = aiohttp.ClientTimeout(
             total=None,
             connect=self.settings.connect_timeout,
             sock_connect=self.settings.connect_timeout,
         )
-        self._session = aiohttp.ClientSession(
+        session = aiohttp.ClientSession(
             connector=connector,
             timeout=timeout,
             # Bytes pass through as sent: no decompression, no headers of the proxy's own.
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         )
-        self._log = FaultLog(self.settings.fault_log)
+        # A client that goes away cancels its handler, which closes the upstream request.
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1)
+        try:
+            self._log = FaultLog(self.settings.fault_log)
+            await runner.setup()
+            await web.TCPSite(runner, host, port, backlog=1024).start()
+        except BaseException:
+            await runner.cleanup()
+            await session.close()
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+            raise
+        self._session = session
         self._runner = runner
         self._host = host
         self._port = int(runner.addresses[0][1])

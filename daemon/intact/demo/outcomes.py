@@ -148,6 +148,9 @@ class _TappedRequest:
         self._outcomes.budget_exhausted += 1
         self._inner.budget_exhausted(upstream)
 
+    def hedge(self, *, upstream: str, won: bool) -> None:
+        self._inner.hedge(upstream=upstream, won=won)
+
     def recovered(self, *, upstream: str, seconds: float) -> None:
         self._inner.recovered(upstream=upstream, seconds=seconds)
 

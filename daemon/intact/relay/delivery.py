@@ -269,15 +269,19 @@ class Delivery:
         if not self.started:
             return base_body
         partial = self.answer_text()
+        generated = self.tokens_delivered
         if partial and mode in _SPLICE_MODES:
             # The splicer owns the rule for what is sent (prefill/prefix: no trailing
             # whitespace) because it must then recognise that whitespace regenerated.
-            partial = ContinuationSplicer(partial, self.limits, mode=mode).prompt_text
+            sent = ContinuationSplicer(partial, self.limits, mode=mode).prompt_text
+            if len(sent) < len(partial) and generated:
+                generated -= 1  # the model spends a token regenerating the whitespace
+            partial = sent
         return resume_request(
             base_body,
             partial,
             mode=mode,
-            generated_tokens=self.tokens_delivered,
+            generated_tokens=generated,
             instruct_prompt=instruct_prompt,
         )
 

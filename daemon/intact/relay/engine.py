@@ -28,7 +28,7 @@ import orjson
 import structlog
 
 from intact.clock import SYSTEM_CLOCK, Clock
-from intact.config import Config
+from intact.config import Config, RouteConfig, parse_target
 from intact.errors import AppError, UpstreamResponseError, not_found
 from intact.recovery.resume import effective_resume_mode
 from intact.relay import endings
@@ -49,7 +49,7 @@ from intact.telemetry.api import (
     RequestTrace,
     Telemetry,
 )
-from intact.upstream.runtime import UpstreamRuntime
+from intact.upstream.runtime import Target, UpstreamRuntime
 from intact.upstream.stream import UpstreamStream
 
 log = structlog.get_logger("intact.relay")
@@ -57,7 +57,28 @@ log = structlog.get_logger("intact.relay")
 # After the drain deadline: how long cut requests get to write their explicit error.
 SHUTDOWN_NOTICE_SECONDS = 2.0
 
-__all__ = ["SHUTDOWN_NOTICE_SECONDS", "Relay", "UpstreamRuntime"]
+__all__ = ["SHUTDOWN_NOTICE_SECONDS", "Relay", "Target", "UpstreamRuntime"]
+
+
+class _Race:
+    """Hedged attempts of one request: the first to produce an event wins, once, and the
+    others are cancelled at that moment."""
+
+    __slots__ = ("tasks", "winner")
+
+    def __init__(self) -> None:
+        self.winner: Target | None = None
+        self.tasks: list[asyncio.Task[UpstreamFailure | None]] = []
+
+    def claim(self, target: Target) -> bool:
+        if self.winner is None:
+            self.winner = target
+            me = asyncio.current_task()
+            for task in self.tasks:
+                if task is not me:
+                    task.cancel()
+            return True
+        return self.winner is target
 
 
 class _Skip(Exception):
@@ -86,6 +107,8 @@ class Relay:
         self.clock = clock
         self.rng = rng or random.Random()
         self.draining = False  # the daemon is stopping: no new requests
+        self._by_name = {u.name: u for u in self.upstreams}
+        self._routes: dict[str, RouteConfig] = {r.model: r for r in config.routes}
         self._runs: set[_Run] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -95,8 +118,23 @@ class Relay:
         """App requests being served now."""
         return len(self._runs)
 
-    def candidates(self, model: str) -> list[UpstreamRuntime]:
-        return [u for u in self.upstreams if u.serves(model)]
+    def candidates(self, model: str) -> list[Target]:
+        """Where a request for ``model`` may go, in order: its route's targets, else every
+        upstream that serves the model (asked for it unchanged)."""
+        route = self._routes.get(model)
+        if route is not None and route.targets:
+            return self.targets(model, route.targets)
+        return [Target(u, model, model) for u in self.upstreams if u.serves(model)]
+
+    def targets(self, model: str, specs: Sequence[str]) -> list[Target]:
+        out = []
+        for spec in specs:
+            name, target_model = parse_target(spec)
+            out.append(Target(self._by_name[name], target_model or model, model))
+        return out
+
+    def route(self, model: str) -> RouteConfig | None:
+        return self._routes.get(model)
 
     async def serve(self, req: ChatRequest, sink: AppSink, headers: Mapping[str, str]) -> None:
         """Relay one app request to completion, recovery or an explicit error."""
@@ -160,21 +198,27 @@ class _Run:
         req: ChatRequest,
         sink: AppSink,
         trace: RequestTrace,
-        ups: list[UpstreamRuntime],
+        ups: list[Target],
     ) -> None:
         self.relay = relay
         self.req = req
         self.sink = sink
         self.trace = trace
         self.primary = ups[0]
+        primary = self.primary.upstream.config
         self.loop = asyncio.get_running_loop()
         self.started = self.loop.time()
-        total = self.primary.config.stream.total_timeout
+        total = primary.stream.total_timeout
         if req.timeout is not None:
             total = min(total, req.timeout)
         self.total_timeout = total
         self.deadline = self.started + total
-        self.max_attempts = self.primary.config.retry.max_attempts
+        self.answer_start_timeout = min(total, primary.stream.answer_start_timeout)
+        self.answer_deadline = self.started + self.answer_start_timeout
+        self.max_attempts = primary.retry.max_attempts
+        self.max_hedges = primary.routing.max_hedges
+        self.hedges = 0
+        self.fallbacks_used: set[str] = set()  # "context" / "policy" chains already tried
         self.plan = FailoverPlan(ups, self.max_attempts, relay.rng)
         self.delivery = self._new_delivery()
         self.base_body = req.upstream_body()
@@ -218,10 +262,8 @@ class _Run:
                     "attempts_exhausted", f"all {s.attempts} upstream attempts failed"
                 )
                 return
-            if self.loop.time() >= self.deadline:
-                await self.give_up(
-                    "deadline_exceeded", f"request deadline of {self.total_timeout:g}s reached"
-                )
+            if self.loop.time() >= self.attempt_deadline():
+                await self.give_up_deadline()
                 return
             reason = (
                 AttemptReason.INITIAL
@@ -267,29 +309,67 @@ class _Run:
             self.skipped = None
             s.attempts += 1
             self.plan.attempted(up)
-            s.upstream = up.name
-            try:
-                failure = await self.attempt(up, reason, permit)
-            finally:
-                slot.release()
+            s.upstream = up.upstream.name
+            failure = await self.race(up, reason, slot, permit)
             if failure is None:
                 await self.complete()
                 return
             if failure.kind is FailureKind.DEADLINE:
-                await self.give_up(
-                    "deadline_exceeded", f"request deadline of {self.total_timeout:g}s reached"
-                )
+                await self.give_up_deadline()
                 return
             if not failure.retryable:
+                if self.fall_back(failure):
+                    passed_over.clear()
+                    continue
                 await self.final_error(failure)
                 return
 
-    def resume_mode(self, up: UpstreamRuntime) -> str:
+    def resume_mode(self, up: Target) -> str:
         """The upstream's resume mode, narrowed by the app's intact-resume header."""
-        return effective_resume_mode(up.config.resume, self.req.resume)
+        return effective_resume_mode(up.upstream.config.resume, self.req.resume)
+
+    def attempt_deadline(self) -> float:
+        """Until the app has its first chunk, stream.answer_start_timeout bounds the wait."""
+        if self.delivery.started:
+            return self.deadline
+        return min(self.deadline, self.answer_deadline)
+
+    async def give_up_deadline(self) -> None:
+        if not self.delivery.started and self.answer_deadline < self.deadline:
+            await self.give_up(
+                "deadline_exceeded",
+                f"no answer within stream.answer_start_timeout ({self.answer_start_timeout:g}s)",
+            )
+            return
+        await self.give_up(
+            "deadline_exceeded", f"request deadline of {self.total_timeout:g}s reached"
+        )
+
+    def fall_back(self, failure: UpstreamFailure) -> bool:
+        """A final refusal that a configured fallback chain may answer instead (a larger
+        context, another provider's content policy): switch the plan to that chain."""
+        route = self.relay.route(self.req.model)
+        why = classify.refusal_reason(failure)
+        if route is None or why is None or why in self.fallbacks_used or self.delivery.started:
+            return False
+        specs = route.context_fallbacks if why == "context_length" else route.policy_fallbacks
+        if not specs:
+            return False
+        self.fallbacks_used.add(why)
+        targets = self.relay.targets(self.req.model, specs)
+        self.plan = FailoverPlan(targets, len(targets), self.relay.rng)
+        self.max_attempts = max(self.max_attempts, self.summary.attempts + len(targets))
+        log.info(
+            "fallback",
+            reason=why,
+            model=self.req.model,
+            targets=[t.name for t in targets],
+            detail=failure.message,
+        )
+        return True
 
     async def prepare(
-        self, up: UpstreamRuntime, reason: AttemptReason, *, can_skip: bool
+        self, up: Target, reason: AttemptReason, *, can_skip: bool
     ) -> tuple[BulkheadSlot, BreakerPermit]:
         """Everything between choosing an upstream and sending: backoff, budget, a stream
         slot and, last, the breaker's permit (taken after any wait, so an upstream whose
@@ -303,36 +383,43 @@ class _Run:
             await self.give_up(code, message, **kw)
             return _Ended()
 
-        delay = 0.0
+        runtime = up.upstream
+        name = runtime.name
+        if reason is AttemptReason.INITIAL and can_skip and up.rate_limit.peek(self.loop.time()):
+            # Paced after 429s: another upstream can answer now.
+            raise await refuse("rate_limited", f"upstream {name} is rate limiting (429)")
+        wait = self.plan.delay_before(up, self.loop.time())
+        if wait is None:
+            raise await refuse(
+                "retry_after_too_long",
+                f"upstream {name} asked to wait longer than retry.max_retry_after",
+            )
+        if self.loop.time() + wait >= self.attempt_deadline():
+            raise await refuse(
+                "deadline_exceeded", "the next attempt would pass the request deadline"
+            )
         if reason is AttemptReason.INITIAL:
             if not self.deposited:
-                up.budget.deposit()
+                runtime.budget.deposit()
                 self.deposited = True
-        else:
-            wait = self.plan.delay_before(up, self.loop.time())
-            if wait is None:
-                raise await refuse(
-                    "retry_after_too_long",
-                    f"upstream {up.name} asked to wait longer than retry.max_retry_after",
-                )
-            if self.loop.time() + wait >= self.deadline:
-                raise await refuse(
-                    "deadline_exceeded", "the next retry would pass the request deadline"
-                )
-            if not up.budget.try_withdraw():
-                self.trace.budget_exhausted(up.name)
-                log.warning("retry_budget_exhausted", upstream=up.name)
-                raise await refuse(
-                    "retry_budget_exhausted", f"retry budget of upstream {up.name} is spent"
-                )
-            delay = wait
-        if delay > 0:
-            await self.relay.clock.sleep(delay)
-        slot = await up.bulkhead.acquire()
+        elif not runtime.budget.try_withdraw():
+            self.trace.budget_exhausted(name)
+            log.warning("retry_budget_exhausted", upstream=name)
+            raise await refuse(
+                "retry_budget_exhausted", f"retry budget of upstream {name} is spent"
+            )
+        if wait > 0:
+            await self.relay.clock.sleep(wait)
+        return await self.admit(up, refuse)
+
+    async def admit(self, up: Target, refuse: Any) -> tuple[BulkheadSlot, BreakerPermit]:
+        """A stream slot, then the breaker's permit (or refuse)."""
+        name = up.upstream.name
+        slot = await up.upstream.bulkhead.acquire()
         if slot is None:
             raise await refuse(
                 "overloaded",
-                f"upstream {up.name} has no free stream slot",
+                f"upstream {name} has no free stream slot",
                 status=503,
                 retry_after=1.0,
             )
@@ -341,37 +428,136 @@ class _Run:
             slot.release()
             raise await refuse(
                 "upstream_unavailable",
-                f"the circuit breaker of upstream {up.name} is open",
+                f"the circuit breaker of upstream {name} is open",
                 status=503,
                 retry_after=max(1.0, up.breaker.retry_after()),
             )
         return slot, permit
 
-    # -- one attempt ------------------------------------------------------------------
+    # -- one attempt, or a race of hedged attempts ---------------------------------------
+
+    async def race(
+        self, first: Target, reason: AttemptReason, slot: BulkheadSlot, permit: BreakerPermit
+    ) -> UpstreamFailure | None:
+        """Run the attempt on ``first``; before the app has anything, hedge it: when it has
+        no first event after ``routing.hedge_after``, send the same request to the next
+        eligible upstream too. The first to produce an event wins and the others are
+        cancelled at once (their upstreams see the connection close)."""
+        hedge_after = first.upstream.config.routing.hedge_after
+        if reason is AttemptReason.RESUME or not hedge_after or self.hedges >= self.max_hedges:
+            try:
+                return await self.attempt(first, reason, permit, None)
+            finally:
+                slot.release()
+        race = _Race()
+        racers: dict[asyncio.Task[UpstreamFailure | None], tuple[Target, BulkheadSlot]] = {}
+
+        def start(target: Target, why: AttemptReason, sl: BulkheadSlot, pm: BreakerPermit) -> None:
+            task = self.loop.create_task(self.attempt(target, why, pm, race))
+            racers[task] = (target, sl)
+            race.tasks.append(task)
+
+        start(first, reason, slot, permit)
+        hedge_at = self.loop.time() + hedge_after
+        hedged: list[Target] = []
+        last: UpstreamFailure | None = None
+        try:
+            while racers:
+                timeout = None
+                if race.winner is None and self.hedges < self.max_hedges:
+                    timeout = max(0.0, hedge_at - self.loop.time())
+                done, _ = await asyncio.wait(
+                    racers, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    hedge = await self.hedge(racers.values())
+                    if hedge is None:
+                        self.hedges = self.max_hedges  # nowhere to hedge to: stop trying
+                        continue
+                    target, sl, pm = hedge
+                    hedged.append(target)
+                    start(target, AttemptReason.HEDGE, sl, pm)
+                    hedge_at = self.loop.time() + hedge_after
+                    continue
+                for task in done:
+                    target, sl = racers.pop(task)
+                    sl.release()
+                    if task.cancelled():
+                        continue  # a loser
+                    result = task.result()  # AppGone / AppTooSlow propagate
+                    if race.winner is target:
+                        return result
+                    last = result  # failed before its first event
+            return last
+        finally:
+            for task in racers:
+                task.cancel()
+            if racers:
+                await asyncio.gather(*racers, return_exceptions=True)
+                for _, sl in racers.values():
+                    sl.release()
+            for target in hedged:
+                self.trace.hedge(upstream=target.upstream.name, won=race.winner is target)
+            if race.winner is not None:
+                self.summary.upstream = race.winner.upstream.name
+
+    async def hedge(self, racing: Any) -> tuple[Target, BulkheadSlot, BreakerPermit] | None:
+        """The next eligible target for a hedge, admitted (budget, slot, breaker permit), or
+        None. Never an upstream whose breaker is open or that is pacing after 429s."""
+        busy = {target.name for target, _ in racing}
+        now = self.loop.time()
+        for target in self.plan.ups:
+            if target.name in busy or target.breaker.state is BreakerState.OPEN:
+                continue
+            if target.rate_limit.peek(now) or self.summary.attempts >= self.max_attempts:
+                continue
+            runtime = target.upstream
+            if not runtime.budget.try_withdraw():  # a hedge is a retry for the budget
+                self.trace.budget_exhausted(runtime.name)
+                continue
+
+            async def skip(*_: Any, **__: Any) -> _Skip:
+                return _Skip()
+
+            try:
+                slot, permit = await self.admit(target, skip)
+            except _Skip:
+                continue
+            self.hedges += 1
+            self.summary.attempts += 1
+            self.plan.attempted(target)
+            log.info(
+                "hedge", upstream=runtime.name, after=target.upstream.config.routing.hedge_after
+            )
+            return target, slot, permit
+        return None
 
     async def attempt(
-        self, up: UpstreamRuntime, reason: AttemptReason, permit: BreakerPermit
+        self, up: Target, reason: AttemptReason, permit: BreakerPermit, race: _Race | None
     ) -> UpstreamFailure | None:
         """Run one upstream attempt; None on success, else the classified failure.
         AppGone / AppTooSlow propagate: they say nothing about the upstream."""
         d = self.delivery
+        runtime = up.upstream
         mode = self.resume_mode(up)
         resuming = reason is AttemptReason.RESUME and d.answer_chars > 0
         if reason is AttemptReason.RESUME:
             self.summary.resumes += 1
         filt = d.attempt(mode)
         body = d.resume_body(self.base_body, mode, self.relay.config.recovery.instruct_prompt)
+        if body.get("model") != up.model:
+            body = {**body, "model": up.model}
         span = self.trace.attempt(
             number=self.summary.attempts,
             reason=reason,
-            upstream=up.client.info,
-            request_model=self.req.model,
+            upstream=runtime.client.info,
+            request_model=up.model,
             resume_mode=mode if resuming else None,
             prefix_chars=d.answer_chars if resuming else 0,
         )
         with span:
             try:
-                await self.stream(up, orjson.dumps(body), filt, span, permit)
+                await self.stream(up, orjson.dumps(body), filt, span, permit, race)
             except UpstreamFailure as failure:
                 if failure.breaker_failure:
                     permit.record(CallOutcome.FAILURE)  # a no-op once judged a success...
@@ -387,7 +573,8 @@ class _Run:
                 self.note_failure(up, failure, filt, reason)
                 return failure
             except BaseException:
-                # The app left or stopped reading, or intact is stopping: not the upstream's.
+                # The app left or stopped reading, a hedge lost its race, or intact is
+                # stopping: not the upstream's doing.
                 permit.record(CallOutcome.IGNORED)
                 span.cancelled(delivered_tokens=filt.tokens_delivered)
                 raise
@@ -403,37 +590,42 @@ class _Run:
             )
         self.account(up, filt, reason)
         self.final_filter = filt
+        self.summary.served_model = up.model
         return None
 
     async def stream(
         self,
-        up: UpstreamRuntime,
+        up: Target,
         body: bytes,
         filt: AttemptFilter,
         span: AttemptTrace,
         permit: BreakerPermit,
+        race: _Race | None,
     ) -> None:
         """Pump one attempt's events into the filter, one batch per upstream read, with
         the app's backpressure between reads; raise UpstreamFailure if the stream breaks."""
-        timeouts = up.config.stream
+        timeouts = up.upstream.config.stream
         headers: dict[str, str] = {}
         span.inject(headers)
         sink = self.sink
         try:
             async with UpstreamStream(
-                up.client,
+                up.upstream.client,
                 body,
                 headers=headers,
                 first_token_timeout=timeouts.first_token_timeout,
                 stall_timeout=timeouts.stall_timeout,
-                deadline=self.deadline,
+                deadline=self.attempt_deadline(),
             ) as events:
                 judged = False
                 while (batch := await events.next_batch()) is not None:
                     if not batch:
                         continue
                     if not judged:
+                        if race is not None and not race.claim(up):
+                            raise asyncio.CancelledError  # another racer answered first
                         span.first_chunk()
+                        up.rate_limit.succeeded()
                     for obj, raw in batch:
                         await filt.on_chunk(obj, raw)
                     if not judged:
@@ -442,7 +634,8 @@ class _Run:
                         permit.record(CallOutcome.SUCCESS)
                     if self.interrupted_at is not None and filt.tokens_delivered:
                         self.trace.recovered(
-                            upstream=up.name, seconds=self.loop.time() - self.interrupted_at
+                            upstream=up.upstream.name,
+                            seconds=self.loop.time() - self.interrupted_at,
                         )
                         self.interrupted_at = None
                     await sink.flow()  # the upstream is not read while the app is behind
@@ -459,7 +652,7 @@ class _Run:
 
     def note_failure(
         self,
-        up: UpstreamRuntime,
+        up: Target,
         failure: UpstreamFailure,
         filt: AttemptFilter,
         reason: AttemptReason,
@@ -473,7 +666,7 @@ class _Run:
         if failure.retryable:
             log.warning(
                 "upstream_interrupted",
-                upstream=up.name,
+                upstream=up.upstream.name,
                 kind=failure.kind.value,
                 status=failure.status,
                 attempt=self.summary.attempts,
@@ -482,7 +675,7 @@ class _Run:
                 detail=failure.message,
             )
 
-    def account(self, up: UpstreamRuntime, filt: AttemptFilter, reason: AttemptReason) -> None:
+    def account(self, up: Target, filt: AttemptFilter, reason: AttemptReason) -> None:
         if filt.tokens_delivered and self.plan.content_upstream is None:
             self.plan.content_upstream = up
         if reason is AttemptReason.RESUME:

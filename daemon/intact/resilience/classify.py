@@ -244,3 +244,26 @@ def diverged(detail: str) -> UpstreamFailure:
         retryable=True,
         breaker_failure=False,
     )
+
+
+_CONTEXT_WORDS = ("context_length", "context length", "context window", "too many tokens")
+_POLICY_WORDS = ("content_filter", "content_policy", "content policy", "safety")
+
+
+def refusal_reason(failure: UpstreamFailure) -> str | None:
+    """'context_length' or 'content_policy' when a final 4xx says the prompt is too long for
+    the model or was refused for its content (what a fallback model may still answer)."""
+    if failure.retryable or failure.status is None or not 400 <= failure.status < 500:
+        return None
+    try:
+        payload = orjson.loads(failure.body) if failure.body else None
+    except orjson.JSONDecodeError:
+        payload = None
+    err = payload.get("error") if isinstance(payload, dict) else None
+    fields = err if isinstance(err, dict) else {"message": str(err or "")}
+    text = " ".join(str(fields.get(k) or "") for k in ("code", "type", "message")).lower()
+    if any(w in text for w in _CONTEXT_WORDS):
+        return "context_length"
+    if any(w in text for w in _POLICY_WORDS):
+        return "content_policy"
+    return None

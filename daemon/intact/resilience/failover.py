@@ -1,11 +1,13 @@
 """Which upstream gets a request's next attempt, and how long to wait before it.
 
 Per request: stick to the upstream that just failed for its share of ``max_attempts``, then
-move on in priority order; never pick an upstream whose breaker is open; resume on the
-upstream that produced the partial answer unless ``recovery.resume_across_upstreams``. The
-wait before an attempt is what the upstream asked for (Retry-After and friends) if it asked,
-else backoff after its own failure, else nothing (failing over to another upstream does not
-wait for the first one's backoff).
+move on in priority order, except after a first-token timeout, which moves on at once (a
+silent upstream is not worth a second wait when another can answer); never pick an upstream
+whose breaker is open; resume on the upstream that produced the partial answer unless
+``recovery.resume_across_upstreams``. The wait before an attempt is the upstream's shared
+pacing (after 429s and Retry-After, ``resilience.rate_limit``) and, after a failure of the
+same upstream that named no wait, this request's backoff; failing over to another upstream
+does not wait for the first one's backoff.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Generic, Protocol, TypeVar
 
 from intact.resilience.backoff import BackoffPolicy, BackoffSchedule
 from intact.resilience.breaker import BreakerState, CircuitBreaker
-from intact.resilience.classify import UpstreamFailure
+from intact.resilience.classify import FailureKind, UpstreamFailure
+from intact.resilience.rate_limit import RateLimitGate
 
 
 class Candidate(Protocol):
@@ -32,6 +35,9 @@ class Candidate(Protocol):
 
     @property
     def backoff(self) -> BackoffPolicy: ...
+
+    @property
+    def rate_limit(self) -> RateLimitGate: ...
 
     @property
     def max_retry_after(self) -> float: ...
@@ -52,7 +58,6 @@ class FailoverPlan(Generic[U]):
     last_failure: UpstreamFailure | None = None
     content_upstream: U | None = None  # the upstream whose text the app has
     _schedules: dict[str, BackoffSchedule] = field(default_factory=dict)
-    _not_before: dict[str, float] = field(default_factory=dict)  # provider push-back
 
     @property
     def share(self) -> int:
@@ -65,8 +70,10 @@ class FailoverPlan(Generic[U]):
     def failed(self, up: U, failure: UpstreamFailure, now: float) -> None:
         self.last_upstream = up
         self.last_failure = failure
-        if failure.pushback is not None:
-            self._not_before[up.name] = now + failure.pushback
+        if failure.kind is FailureKind.HTTP_429:
+            up.rate_limit.rate_limited(now, failure.pushback, self.rng)
+        elif failure.pushback is not None:
+            up.rate_limit.pushed_back(now, failure.pushback)
 
     def choose(
         self, *, resume: bool, resume_across: bool, passed_over: set[str]
@@ -78,7 +85,11 @@ class FailoverPlan(Generic[U]):
         elif self.last_upstream is not None:
             current = self.last_upstream
             start = self.ups.index(current)
-            if self.attempts[current.name] >= self.share:
+            silent = (
+                self.last_failure is not None
+                and self.last_failure.kind is FailureKind.FIRST_TOKEN_TIMEOUT
+            )
+            if silent or self.attempts[current.name] >= self.share:
                 start += 1
             order = [self.ups[(start + i) % len(self.ups)] for i in range(len(self.ups))]
         else:
@@ -92,20 +103,18 @@ class FailoverPlan(Generic[U]):
         return usable[0], len(usable) > 1
 
     def delay_before(self, up: U, now: float) -> float | None:
-        """Seconds to wait before the next attempt on ``up``; None if the upstream asks
-        for longer than ``max_retry_after``."""
-        not_before = self._not_before.get(up.name)
-        if not_before is not None:
-            wait = not_before - now
-            if wait > up.max_retry_after:
-                return None
-            if wait > 0:
-                return wait
+        """Seconds to wait before the next attempt on ``up`` (taking its pacing slot); None
+        if that is longer than the upstream's ``max_retry_after``."""
+        if up.rate_limit.peek(now) > up.max_retry_after:
+            return None
+        paced = up.rate_limit.reserve(now)
         failure = self.last_failure
-        if self.last_upstream is not up or failure is None or failure.pushback is not None:
-            return 0.0
+        if self.last_upstream is not up or failure is None:
+            return paced
+        if failure.kind is FailureKind.HTTP_429 or failure.pushback is not None:
+            return paced  # the pacing already is this failure's backoff
         schedule = self._schedules.get(up.name)
         if schedule is None:
             schedule = up.backoff.schedule(self.rng)
             self._schedules[up.name] = schedule
-        return schedule.next_delay()
+        return max(paced, schedule.next_delay())

@@ -720,7 +720,8 @@ def plan_stream(
 
 
 def _usage(request: ChatRequest, completions: Sequence[Completion]) -> dict[str, Any]:
-    prompt = prompt_tokens(request.messages)
+    continues_final = request.kind in ("prefill", "prefix")
+    prompt = prompt_tokens(request.messages, continues_final=continues_final)
     completion_tokens = sum(_completion_tokens(c) for c in completions)
     usage: dict[str, Any] = {
         "prompt_tokens": prompt,

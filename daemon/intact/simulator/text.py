@@ -172,9 +172,15 @@ def _rng_from(*parts: bytes) -> random.Random:
     return random.Random(int.from_bytes(hashlib.sha256(b"\x00".join(parts)).digest(), "big"))
 
 
-def prompt_tokens(messages: Sequence[Message]) -> int:
-    """A deterministic stand-in for the prompt's token count: words + 3 per message."""
-    return sum(len(content_text(m).split()) + 3 for m in messages)
+def prompt_tokens(messages: Sequence[Message], *, continues_final: bool = False) -> int:
+    """The prompt's token count as a chat template makes it: each message's content tokens
+    + 3 (its header and end), + 3 for the assistant header the answer starts after.
+
+    A prefill (`continues_final`) has no end on its final assistant message and no second
+    header, so it counts exactly its partial's tokens more than the original request.
+    """
+    total = sum(len(tokenize(content_text(m))) + 3 for m in messages)
+    return total if continues_final else total + 3
 
 
 # --- drafts ------------------------------------------------------------------------------------

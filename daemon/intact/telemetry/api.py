@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from intact.config import OTHER_APP
 from intact.resilience.breaker import BreakerState
 from intact.resilience.classify import FailureKind, UpstreamFailure
 
@@ -26,10 +28,27 @@ class Outcome(enum.StrEnum):
     CANCELLED = "cancelled"  # the app went away
 
 
+class RefusalReason(enum.StrEnum):
+    """Why intact turned an app away before relaying (label values of
+    ``intact_app_refused_total``)."""
+
+    FORBIDDEN = "forbidden"  # the peer's uid/gid is not allowed (403)
+    STREAM_LIMIT = "stream_limit"  # the app's max_concurrent_streams is reached (429)
+    CONNECTION_LIMIT = "connection_limit"  # the peer has max_connections_per_peer open (429)
+    READ_TIMEOUT = "read_timeout"  # the request did not arrive within request_read_timeout
+
+
+# The app (an [[apps]] name or "other") the current request is served as. The app-side
+# listener sets it around ``Relay.serve``; telemetry reads it when the request starts, so
+# the relay and every Telemetry wrapper pass it on without knowing of it.
+REQUEST_APP: ContextVar[str] = ContextVar("intact_request_app", default=OTHER_APP)
+
+
 class AttemptReason(enum.StrEnum):
     INITIAL = "initial"
     RETRY = "retry"  # nothing had reached the app yet
     RESUME = "resume"  # continuing a partial answer
+    HEDGE = "hedge"  # the same request on a second upstream while the first is slow
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +77,7 @@ class RequestSummary:
     duration: float = 0.0
     status: int = 200
     error_code: str | None = None
+    served_model: str | None = None  # the model that answered (a route may rewrite it)
 
 
 class AttemptTrace(Protocol):
@@ -121,6 +141,9 @@ class RequestTrace(Protocol):
 
     def budget_exhausted(self, upstream: str) -> None: ...
 
+    def hedge(self, *, upstream: str, won: bool) -> None:
+        """A hedged attempt to ``upstream`` ended the race: first to answer, or not."""
+
     def recovered(self, *, upstream: str, seconds: float) -> None:
         """Interruption detected -> first continuation content delivered."""
 
@@ -134,6 +157,13 @@ class Telemetry(Protocol):
 
     def observe_breakers(self, states: Callable[[], Mapping[str, BreakerState]]) -> None:
         """Register a callback read at export time for the breaker-state gauge."""
+
+
+@runtime_checkable
+class AppTelemetry(Protocol):
+    """Telemetry that also records what the app-side listener refuses."""
+
+    def app_refused(self, app: str, reason: RefusalReason) -> None: ...
 
 
 class _NoAttempt:
@@ -170,6 +200,9 @@ class _NoRequest:
         return _NoAttempt()
 
     def budget_exhausted(self, upstream: str) -> None:
+        return None
+
+    def hedge(self, *, upstream: str, won: bool) -> None:
         return None
 
     def recovered(self, **_: object) -> None:

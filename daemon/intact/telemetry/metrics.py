@@ -15,8 +15,9 @@ Interruption rate = (recovered + failed) / (completed + recovered + failed); rej
 cancelled requests say nothing about stream health and stay out of it.
 
 Label values are bounded: upstream names come from the config, kinds/reasons/results/outcomes
-are enums, and the model label is the request's model capped per upstream (``ModelLabels``).
-Never prompts, ids or other user data.
+are enums, the model label is the request's model capped per upstream (``ModelLabels``), and
+the app label is an ``[[apps]]`` name or "other" (``AppLabels``), chosen by the peer's uid,
+never by free text. Never prompts, ids or other user data.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from typing import Final
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.util.types import AttributeValue
 
+from intact.config import OTHER_APP
 from intact.resilience.breaker import BreakerState
 from intact.resilience.classify import FailureKind
-from intact.telemetry.api import UpstreamInfo
+from intact.telemetry.api import Outcome, RefusalReason, UpstreamInfo
 from intact.telemetry.semconv import (
     GENAI_OPERATION_NAME,
     GENAI_PROVIDER_NAME,
@@ -51,7 +53,13 @@ BREAKER_TRANSITIONS: Final = "intact.breaker.transitions"
 # -> intact_breaker_transitions_total{upstream,to}
 RETRY_BUDGET_EXHAUSTED: Final = "intact.retry_budget.exhausted"
 # -> intact_retry_budget_exhausted_total{upstream}
+HEDGES: Final = "intact.hedges"  # -> intact_hedges_total{upstream,result}: won | lost
+HEDGE_RESULTS: Final = ("won", "lost")
 ACTIVE_STREAMS: Final = "intact.active_streams"  # -> intact_active_streams (a gauge)
+# Per app (an [[apps]] name or "other"; see ``AppLabels``):
+APP_STREAMS: Final = "intact.app.streams"  # -> intact_app_streams_total{app,outcome}
+APP_ACTIVE_STREAMS: Final = "intact.app.active_streams"  # -> intact_app_active_streams{app}
+APP_REFUSED: Final = "intact.app.refused"  # -> intact_app_refused_total{app,reason}
 STREAM_DURATION: Final = "intact.stream.duration"  # -> intact_stream_duration_seconds
 RECOVERY_DURATION: Final = "intact.recovery.duration"  # -> intact_recovery_duration_seconds
 # GenAI client metrics of semantic conventions v1.41.0, the last release that carried them in
@@ -66,6 +74,7 @@ GENAI_TIME_TO_FIRST_CHUNK: Final = "gen_ai.client.operation.time_to_first_chunk"
 
 # --- label keys ---------------------------------------------------------------------------
 UPSTREAM: Final = "upstream"
+APP: Final = "app"
 MODEL: Final = "model"
 OUTCOME: Final = "outcome"
 KIND: Final = "kind"
@@ -121,6 +130,18 @@ class ModelLabels:
         return OTHER_MODEL
 
 
+class AppLabels:
+    """Caps the app label: configured app names keep their name, anything else is 'other'."""
+
+    __slots__ = ("names",)
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = (*dict.fromkeys(n for n in names if n != OTHER_APP), OTHER_APP)
+
+    def label(self, app: str) -> str:
+        return app if app in self.names else OTHER_APP
+
+
 class Instruments:
     """The instruments, created once, and the attribute sets they are recorded with.
 
@@ -154,8 +175,26 @@ class Instruments:
             unit="{request}",
             description="Retries and resumes refused: the upstream's retry budget was spent.",
         )
+        self.hedges = meter.create_counter(
+            HEDGES,
+            unit="{attempt}",
+            description="Hedged attempts (the same request sent to a second upstream because "
+            "the first was slow to its first token), by upstream hedged to and whether the "
+            "hedge answered first.",
+        )
         self.active_streams = meter.create_up_down_counter(
             ACTIVE_STREAMS, unit="{stream}", description="App requests being served now."
+        )
+        self.app_streams = meter.create_counter(
+            APP_STREAMS, unit="{stream}", description="App requests by app and how they ended."
+        )
+        self.app_active_streams = meter.create_up_down_counter(
+            APP_ACTIVE_STREAMS, unit="{stream}", description="App requests being served now."
+        )
+        self.app_refused = meter.create_counter(
+            APP_REFUSED,
+            unit="{request}",
+            description="Requests and connections refused before relaying, by app and reason.",
         )
         self.stream_duration = meter.create_histogram(
             STREAM_DURATION,
@@ -210,6 +249,15 @@ class Instruments:
         for state in BREAKER_STATE_LABELS.values():
             self.breaker_transitions.add(0, self.breaker_labels(upstream, state))
         self.retry_budget_exhausted.add(0, self.labels(UPSTREAM, upstream))
+        for result in HEDGE_RESULTS:
+            self.hedges.add(0, self.hedge_labels(upstream, result))
+
+    def preset_app(self, app: str) -> None:
+        """Start an app's counters at 0 (same reason as ``preset_upstream``)."""
+        for outcome in Outcome:
+            self.app_streams.add(0, self.app_labels(app, (OUTCOME, outcome.value)))
+        for reason in RefusalReason:
+            self.app_refused.add(0, self.app_labels(app, (REASON, reason.value)))
 
     # --- attribute sets (cached; every input is bounded) --------------------------------
 
@@ -221,6 +269,13 @@ class Instruments:
 
     def labels(self, key: str, value: str) -> Attrs:
         return self._attrs((key, value))
+
+    def app_labels(self, app: str, *extra: tuple[str, AttributeValue]) -> Attrs:
+        """An app's attribute set (+ ``outcome`` or ``reason``); ``app`` is already capped."""
+        return self._attrs((APP, app), *extra)
+
+    def hedge_labels(self, upstream: str, result: str) -> Attrs:
+        return self._attrs((UPSTREAM, upstream), (RESULT, result))
 
     def stream_labels(self, outcome: str, upstream: str, model: str) -> Attrs:
         return self._attrs((OUTCOME, outcome), (UPSTREAM, upstream), (MODEL, model))

@@ -25,13 +25,23 @@ from opentelemetry.util.types import AttributeValue
 from intact.resilience.breaker import BreakerState
 from intact.resilience.classify import FailureKind, UpstreamFailure
 from intact.telemetry import semconv as sc
-from intact.telemetry.api import AttemptReason, Outcome, RequestSummary, UpstreamInfo
+from intact.telemetry.api import (
+    REQUEST_APP,
+    AttemptReason,
+    Outcome,
+    RefusalReason,
+    RequestSummary,
+    UpstreamInfo,
+)
 from intact.telemetry.metrics import (
     BREAKER_STATE_LABELS,
+    OUTCOME,
+    REASON,
     RESULT_CANCELLED,
     RESULT_INTERNAL_ERROR,
     RESULT_SUCCESS,
     UPSTREAM,
+    AppLabels,
     Instruments,
     ModelLabels,
 )
@@ -126,11 +136,21 @@ def _call_on_loop(
 class OtelTelemetry:
     """``Telemetry`` on OpenTelemetry tracer and meter instances (never the global ones)."""
 
-    def __init__(self, *, tracer: Tracer, meter: Meter, max_model_labels: int) -> None:
+    def __init__(
+        self,
+        *,
+        tracer: Tracer,
+        meter: Meter,
+        max_model_labels: int,
+        apps: Iterable[str] = (),
+    ) -> None:
         self.tracer = tracer
         self.breakers = BreakerStates()
         self.instruments = Instruments(meter, self.breakers.read)
         self.models = ModelLabels(max_model_labels)
+        self.apps = AppLabels(apps)
+        for app in self.apps.names:
+            self.instruments.preset_app(app)
 
     def preset_upstreams(self, upstreams: Iterable[tuple[str, Iterable[str]]]) -> None:
         """Start counters at 0 for each configured upstream (and each model it is
@@ -144,7 +164,11 @@ class OtelTelemetry:
                     ins.streams.add(0, ins.stream_labels(outcome.value, name, label))
 
     def request(self, *, headers: Mapping[str, str], model: str, stream: bool) -> _RequestTrace:
-        return _RequestTrace(self, headers, model, stream)
+        return _RequestTrace(self, headers, model, stream, self.apps.label(REQUEST_APP.get()))
+
+    def app_refused(self, app: str, reason: RefusalReason) -> None:
+        ins = self.instruments
+        ins.app_refused.add(1, ins.app_labels(self.apps.label(app), (REASON, reason.value)))
 
     def breaker_transition(self, upstream: str, old: BreakerState, new: BreakerState) -> None:
         self.breakers.note(upstream, new)
@@ -167,10 +191,10 @@ class OtelTelemetry:
 class _RequestTrace:
     """One app request: the SERVER span, current inside ``with``."""
 
-    __slots__ = ("_active", "_context", "_span", "_tel", "_token")
+    __slots__ = ("_active", "_app", "_app_labels", "_context", "_span", "_tel", "_token")
 
     def __init__(
-        self, tel: OtelTelemetry, headers: Mapping[str, str], model: str, stream: bool
+        self, tel: OtelTelemetry, headers: Mapping[str, str], model: str, stream: bool, app: str
     ) -> None:
         self._tel = tel
         parent = propagate.extract(headers)
@@ -183,12 +207,16 @@ class _RequestTrace:
                 sc.HTTP_ROUTE: sc.CHAT_COMPLETIONS_ROUTE,
                 sc.GENAI_REQUEST_MODEL: model,
                 sc.GENAI_REQUEST_STREAM: stream,
+                sc.INTACT_APP: app,
             },
         )
         self._context = trace.set_span_in_context(self._span, parent)
         self._token: Token[otel_context.Context] | None = None
         self._active = True
+        self._app = app
+        self._app_labels = tel.instruments.app_labels(app)
         tel.instruments.active_streams.add(1)
+        tel.instruments.app_active_streams.add(1, self._app_labels)
 
     def __enter__(self) -> _RequestTrace:
         self._token = otel_context.attach(self._context)
@@ -214,6 +242,7 @@ class _RequestTrace:
         if self._active:
             self._active = False
             self._tel.instruments.active_streams.add(-1)
+            self._tel.instruments.app_active_streams.add(-1, self._app_labels)
 
     def attempt(
         self,
@@ -241,6 +270,14 @@ class _RequestTrace:
         ins.retry_budget_exhausted.add(1, ins.labels(UPSTREAM, upstream))
         self._span.add_event(sc.EVENT_RETRY_BUDGET_EXHAUSTED, {sc.INTACT_UPSTREAM: upstream})
 
+    def hedge(self, *, upstream: str, won: bool) -> None:
+        ins = self._tel.instruments
+        result = "won" if won else "lost"
+        ins.hedges.add(1, ins.hedge_labels(upstream, result))
+        self._span.add_event(
+            sc.EVENT_HEDGE, {sc.INTACT_UPSTREAM: upstream, "intact.hedge.won": won}
+        )
+
     def recovered(self, *, upstream: str, seconds: float) -> None:
         ins = self._tel.instruments
         ins.recovery_duration.record(seconds, ins.labels(UPSTREAM, upstream))
@@ -253,6 +290,7 @@ class _RequestTrace:
         outcome = summary.outcome.value
         model = tel.models.label(summary.upstream, summary.model)
         ins.streams.add(1, ins.stream_labels(outcome, summary.upstream, model))
+        ins.app_streams.add(1, ins.app_labels(self._app, (OUTCOME, outcome)))
         ins.stream_duration.record(
             summary.duration, ins.stream_duration_labels(outcome, summary.upstream)
         )

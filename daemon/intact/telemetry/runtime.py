@@ -173,6 +173,7 @@ def start_telemetry(
         tracer=tracer_provider.get_tracer(SCOPE, __version__),
         meter=meter_provider.get_meter(SCOPE, __version__),
         max_model_labels=tcfg.max_model_labels,
+        apps=[app.name for app in config.apps],
     )
     telemetry.preset_upstreams((u.name, u.models) for u in config.upstreams)
     log.info(

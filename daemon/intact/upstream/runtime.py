@@ -11,6 +11,7 @@ from intact.resilience.backoff import BackoffPolicy
 from intact.resilience.breaker import CircuitBreaker
 from intact.resilience.budget import RetryBudget
 from intact.resilience.bulkhead import Bulkhead
+from intact.resilience.rate_limit import RateLimitGate
 from intact.telemetry.api import Telemetry
 from intact.upstream.client import UpstreamClient
 
@@ -25,6 +26,7 @@ class UpstreamRuntime:
     budget: RetryBudget
     bulkhead: Bulkhead
     backoff: BackoffPolicy
+    rate_limit: RateLimitGate
 
     @property
     def name(self) -> str:
@@ -55,4 +57,37 @@ class UpstreamRuntime:
             budget=RetryBudget.from_config(config.retry, clock=clock),
             bulkhead=Bulkhead.from_config(config),
             backoff=BackoffPolicy.from_config(config.retry),
+            rate_limit=RateLimitGate.from_config(config.retry),
         )
+
+
+@dataclass(frozen=True, eq=False)
+class Target:
+    """Where one attempt goes: an upstream, and the model name it is asked for (a route may
+    rewrite the app's model, e.g. to another provider's name for a fallback)."""
+
+    upstream: UpstreamRuntime
+    model: str
+    requested: str  # the model the app asked for
+
+    @property
+    def name(self) -> str:
+        """Unique per (upstream, model): failover counts attempts per target."""
+        up = self.upstream.name
+        return up if self.model == self.requested else f"{up}:{self.model}"
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self.upstream.breaker
+
+    @property
+    def backoff(self) -> BackoffPolicy:
+        return self.upstream.backoff
+
+    @property
+    def rate_limit(self) -> RateLimitGate:
+        return self.upstream.rate_limit
+
+    @property
+    def max_retry_after(self) -> float:
+        return self.upstream.config.retry.max_retry_after
