@@ -53,7 +53,7 @@ chaos: $(STAMP)
 	$(BIN)/python bench/chaos.py $(ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python bench/relay_overhead.py
+	$(BIN)/python bench/bench.py $(ARGS)
 
 docs: $(STAMP)
 	$(BIN)/python tools/update_readme.py

@@ -196,8 +196,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_demo(args)
         if args.command == "check-config":
+            from intact.resilience.worst_case import describe
+
             cfg = build_config(load_toml(args.file))
             print(json.dumps(to_dict(cfg), indent=2))
+            # What the config promises, for people (stderr: stdout stays machine-readable).
+            print(describe(cfg), file=sys.stderr)
             return 0
         if args.command == "config-reference":
             sys.stdout.write(reference_markdown())

@@ -21,13 +21,14 @@ from intact.peer import UNKNOWN_PEER_KEY, Peer, peer_credentials
 class AppConnection:
     """One connection's peer and state, as the listener sees it."""
 
-    __slots__ = ("_clock", "in_request", "key", "over_limit", "peer")
+    __slots__ = ("_clock", "closing", "in_request", "key", "over_limit", "peer")
 
     def __init__(self, peer: Peer | None, over_limit: bool) -> None:
         self.peer = peer
         self.key = peer.key if peer is not None else UNKNOWN_PEER_KEY
         self.over_limit = over_limit  # opened past the peer's cap: refuse, then close
         self.in_request = False  # a request's head is complete and being handled
+        self.closing = False  # refused: answered, and closed once the answer is out
         self._clock: asyncio.TimerHandle | None = None
 
 
@@ -68,6 +69,12 @@ class ConnectionGate:
 
     def request_ended(self, conn: AppConnection) -> None:
         conn.in_request = False
+
+    def refused(self, conn: AppConnection) -> None:
+        """The connection was answered with an error and will be closed: what it still
+        sends (the rest of a body aiohttp reads and drops) is bounded by the read clock
+        but is not another slow request."""
+        conn.closing = True
 
     def snapshot(self) -> dict[str, object]:
         """Plain data for /debug/state (counts only: no peer list, it is unbounded)."""
@@ -113,9 +120,10 @@ class ConnectionGate:
         conn._clock = None
         if conn.in_request or transport.is_closing():
             return
-        self._read_timeouts += 1
-        if self._on_read_timeout is not None:
-            self._on_read_timeout(conn)
+        if not conn.closing:
+            self._read_timeouts += 1
+            if self._on_read_timeout is not None:
+                self._on_read_timeout(conn)
         if isinstance(transport, asyncio.WriteTransport):
             transport.abort()  # nothing to flush: the app has not sent a whole request
         else:

@@ -103,6 +103,9 @@ def _refuse(
     response = error_response(error)
     if close:
         response.force_close()
+        conn = _connection(request)
+        if conn is not None:
+            request.app[GATE_KEY].refused(conn)
     return response
 
 

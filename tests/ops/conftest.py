@@ -58,25 +58,46 @@ def panel_queries(dashboards: dict[str, dict[str, Any]]) -> list[PanelQuery]:
     return [query for name, board in dashboards.items() for query in _queries(name, board)]
 
 
-def _binary(name: str) -> str:
-    """The path of a Prometheus binary; skip without it, unless REQUIRE_PROMETHEUS=1 (CI)."""
+def _binary(name: str, install: str, required_by: str) -> str:
+    """The path of a tool; skip without it, unless ``required_by``=1 (CI) forbids that."""
     path = shutil.which(name)
     if path is not None:
         return path
-    reason = f"{name} is not on PATH (Debian: apt-get install --no-install-recommends prometheus)"
-    if os.environ.get("REQUIRE_PROMETHEUS") == "1":
-        pytest.fail(f"{reason}, and REQUIRE_PROMETHEUS=1 forbids skipping")
+    reason = f"{name} is not on PATH ({install})"
+    if os.environ.get(required_by) == "1":
+        pytest.fail(f"{reason}, and {required_by}=1 forbids skipping")
     pytest.skip(reason)
+
+
+PROMETHEUS_PACKAGE = "Debian: apt-get install --no-install-recommends prometheus"
 
 
 @pytest.fixture(scope="session")
 def promtool() -> str:
-    return _binary("promtool")
+    return _binary("promtool", PROMETHEUS_PACKAGE, "REQUIRE_PROMETHEUS")
 
 
 @pytest.fixture(scope="session")
 def prometheus() -> str:
-    return _binary("prometheus")
+    return _binary("prometheus", PROMETHEUS_PACKAGE, "REQUIRE_PROMETHEUS")
+
+
+@pytest.fixture(scope="session")
+def kubectl() -> str:
+    """kubectl, for `kubectl kustomize` (kustomize built in)."""
+    return _binary(
+        "kubectl", "any kubectl >= 1.27, e.g. from google-cloud-cli", "REQUIRE_DEPLOY_TOOLS"
+    )
+
+
+@pytest.fixture(scope="session")
+def docker_compose() -> str:
+    """docker-compose, for `docker-compose config` (validates a compose file offline)."""
+    return _binary(
+        "docker-compose",
+        "Debian: apt-get install --no-install-recommends docker-compose",
+        "REQUIRE_DEPLOY_TOOLS",
+    )
 
 
 @dataclass

@@ -128,8 +128,8 @@ class Fleet:
     async def by_label(self, title: str, label: str, ref: str = "A") -> dict[str, float]:
         return {s["metric"][label]: round(value(s), 3) for s in await self.panel(title, ref)}
 
-    async def active_alerts(self, name: str) -> list[dict[str, str]]:
-        return [a["labels"] for a in await self.api.alerts() if a["labels"]["alertname"] == name]
+    async def active_alerts(self, name: str) -> list[dict[str, Any]]:
+        return [a for a in await self.api.alerts() if a["labels"]["alertname"] == name]
 
     async def wait_for(self, what: str, expr: str, expected: dict[str, float], key: str) -> None:
         """Until ``expr`` answers ``expected`` (a value per ``key`` label)."""
@@ -320,15 +320,11 @@ async def test_one_pods_upstream_failure_shows_as_one_pod_of_three(fleet: Fleet)
 
 
 async def test_one_pods_open_breaker_alerts_for_that_pod_only(fleet: Fleet) -> None:
-    async def pending() -> bool:
+    async def active() -> bool:
         return bool(await fleet.active_alerts("IntactCircuitBreakerOpen"))
 
-    await fleet.api.until("IntactCircuitBreakerOpen to be active", pending)
-    (alert,) = [
-        a
-        for a in await fleet.api.alerts()
-        if a["labels"]["alertname"] == "IntactCircuitBreakerOpen"
-    ]
+    await fleet.api.until("IntactCircuitBreakerOpen to be active", active)
+    (alert,) = await fleet.active_alerts("IntactCircuitBreakerOpen")
     labels = alert["labels"]
     assert (labels["namespace"], labels["pod"], labels["upstream"]) == ("chat", BROKEN_POD, "vllm")
     assert (
@@ -339,22 +335,28 @@ async def test_one_pods_open_breaker_alerts_for_that_pod_only(fleet: Fleet) -> N
 
 
 async def test_an_upstream_down_for_every_pod_is_one_fleet_wide_alert(outage: Fleet) -> None:
-    async def fleet_wide() -> bool:
-        return bool(await outage.active_alerts("IntactUpstreamFailingFleetWide"))
+    fleet_wide: list[dict[str, Any]] = []
+    per_pod: list[dict[str, str]] = []
 
-    await outage.api.until("IntactUpstreamFailingFleetWide to be active", fleet_wide)
-    (alert,) = [
-        a
-        for a in await outage.api.alerts()
-        if a["labels"]["alertname"] == "IntactUpstreamFailingFleetWide"
-    ]
+    async def settled() -> bool:
+        alerts = await outage.api.alerts()
+        fleet_wide[:] = [
+            a for a in alerts if a["labels"]["alertname"] == "IntactUpstreamFailingFleetWide"
+        ]
+        per_pod[:] = [
+            a["labels"] for a in alerts if a["labels"]["alertname"] == "IntactCircuitBreakerOpen"
+        ]
+        # the rule groups evaluate apart: give them a cycle to agree
+        return bool(fleet_wide) and all(a["upstream"] != "openai" for a in per_pod)
+
+    await outage.api.until("one fleet-wide alert instead of per-pod ones", settled)
+    (alert,) = fleet_wide
     assert alert["labels"]["upstream"] == "openai"
     assert (
         "open for more than 1 minute on 3 intact instances of job intact"
         in (alert["annotations"]["description"])
     )
     # the per-pod alert stays with the one pod whose own path is broken
-    per_pod = await outage.active_alerts("IntactCircuitBreakerOpen")
     assert [(a["pod"], a["upstream"]) for a in per_pod] == [(BROKEN_POD, "vllm")]
 
 

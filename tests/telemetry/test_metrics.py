@@ -250,5 +250,8 @@ def test_stream_counters_of_configured_models_start_at_zero(tmp_path: Path) -> N
     finally:
         rt.shutdown()
     for outcome in ("completed", "recovered", "failed", "rejected", "cancelled"):
-        series = f'intact_streams_total{{model="llama",outcome="{outcome}",upstream="vllm"}}'
+        series = (
+            f'intact_streams_total{{model="llama",outcome="{outcome}",'
+            f'served_model="llama",upstream="vllm"}}'
+        )
         assert f"{series} 0.0" in text

@@ -114,15 +114,24 @@ class _PendingCall:
 class _Text:
     """Text received piece by piece, joined only when it is read."""
 
-    __slots__ = ("chars", "parts")
+    __slots__ = ("chars", "parts", "ws_tail")
 
     def __init__(self) -> None:
         self.parts: list[str] = []
         self.chars = 0
+        # Pieces (tokens) that end in whitespace at the end of the text: what a prefill that
+        # strips trailing whitespace makes the model generate again.
+        self.ws_tail = 0
 
     def add(self, text: str) -> None:
+        if not text:
+            return
         self.parts.append(text)
         self.chars += len(text)
+        if text.isspace():
+            self.ws_tail += 1
+        else:
+            self.ws_tail = 1 if text[-1].isspace() else 0
 
     def value(self) -> str:
         if len(self.parts) > 1:
@@ -274,8 +283,10 @@ class Delivery:
             # The splicer owns the rule for what is sent (prefill/prefix: no trailing
             # whitespace) because it must then recognise that whitespace regenerated.
             sent = ContinuationSplicer(partial, self.limits, mode=mode).prompt_text
-            if len(sent) < len(partial) and generated:
-                generated -= 1  # the model spends a token regenerating the whitespace
+            if len(sent) < len(partial):
+                # The model spends tokens generating the stripped whitespace again.
+                text = self._refusal if self.answer_channel == "refusal" else self._content
+                generated = max(0, generated - text.ws_tail)
             partial = sent
         return resume_request(
             base_body,

@@ -22,6 +22,7 @@ HTTP_500 = "http_500"
 HTTP_503 = "http_503"
 CONNECT_DROP = "connect_drop"
 HTTP_400 = "http_400"
+CONTEXT_LENGTH = "context_length"
 NO_FAULT = "none"
 
 MID_STREAM_KINDS: tuple[str, ...] = (RESET, STALL, ERROR_EVENT, TRUNCATE)
@@ -33,9 +34,10 @@ BEFORE_RESPONSE_KINDS: tuple[str, ...] = (HTTP_429, HTTP_500, HTTP_503, CONNECT_
 ALL_FAULT_KINDS: tuple[str, ...] = MID_STREAM_KINDS + BEFORE_RESPONSE_KINDS
 """The transient failures random injection draws from."""
 
-SCRIPTED_ONLY_KINDS: tuple[str, ...] = (HTTP_400,)
-"""Final (non-retryable) refusals, e.g. a provider that rejects assistant prefill with 400;
-only ever injected by a script, never at random."""
+SCRIPTED_ONLY_KINDS: tuple[str, ...] = (HTTP_400, CONTEXT_LENGTH)
+"""Final (non-retryable) refusals, e.g. a provider that rejects assistant prefill with 400,
+or a prompt longer than the model's context (400 context_length_exceeded); only ever
+injected by a script, never at random."""
 
 Position = int | Literal["mid", "last", "done"]
 

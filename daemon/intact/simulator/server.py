@@ -45,6 +45,7 @@ from intact.simulator.faults import (
     ALL_FAULT_KINDS,
     CONNECT_DROP,
     ERROR_EVENT,
+    CONTEXT_LENGTH,
     HTTP_400,
     HTTP_429,
     HTTP_500,
@@ -131,7 +132,7 @@ class SimulatorSettings:
     """Most tokens one chunk carries (each chunk 1 to this many, like vLLM's stream
     interval); the relay counts chunks, the model counts tokens."""
     retry_after: float = 1.0
-    """Seconds advertised by http_429 in Retry-After / retry-after-ms."""
+    """Seconds advertised by http_429 in Retry-After / retry-after-ms; 0 sends none."""
     api_key: str | None = None
     """When set, requests must carry `Authorization: Bearer <api_key>`."""
     models: tuple[str, ...] = ("sim-1", "sim-2")
@@ -305,6 +306,14 @@ def _overloaded() -> ApiError:
 
 
 def _rate_limited(retry_after: float) -> ApiError:
+    """A 429; with ``retry_after`` 0 it names no wait (no Retry-After), as many do."""
+    if retry_after <= 0:
+        return ApiError(
+            429,
+            "Rate limit reached for requests.",
+            error_type="requests",
+            code="rate_limit_exceeded",
+        )
     return ApiError(
         429,
         f"Rate limit reached for requests. Please try again in {retry_after:g}s.",
@@ -314,6 +323,17 @@ def _rate_limited(retry_after: float) -> ApiError:
             "Retry-After": str(math.ceil(retry_after)),
             "retry-after-ms": str(round(retry_after * 1000)),
         },
+    )
+
+
+def _context_length_exceeded() -> ApiError:
+    """OpenAI's answer to a prompt longer than the model's context window."""
+    return ApiError(
+        400,
+        "This model's maximum context length is 8192 tokens. However, your messages "
+        "resulted in 9120 tokens. Please reduce the length of the messages.",
+        param="messages",
+        code="context_length_exceeded",
     )
 
 
@@ -1044,6 +1064,8 @@ class SimulatedUpstream:
                     param="messages",
                     code="invalid_request",
                 )
+            if fault.kind == CONTEXT_LENGTH:
+                raise _context_length_exceeded()
             if fault.kind == HTTP_500:
                 raise _server_error()
             if fault.kind == HTTP_503:

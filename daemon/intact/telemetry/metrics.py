@@ -44,7 +44,7 @@ from intact.telemetry.semconv import (
 Attrs = Mapping[str, AttributeValue]
 
 # --- instrument names (OpenTelemetry name; the Prometheus name after "->") ---------------
-STREAMS: Final = "intact.streams"  # -> intact_streams_total{outcome,upstream,model}
+STREAMS: Final = "intact.streams"  # -> intact_streams_total{outcome,upstream,model,served_model}
 INTERRUPTIONS: Final = "intact.interruptions"  # -> intact_interruptions_total{kind,upstream}
 ATTEMPTS: Final = "intact.attempts"  # -> intact_attempts_total{upstream,reason,result}
 RECOVERED_TOKENS: Final = "intact.recovered_tokens"  # -> intact_recovered_tokens_total{upstream}
@@ -80,6 +80,7 @@ OUTCOME: Final = "outcome"
 KIND: Final = "kind"
 REASON: Final = "reason"
 RESULT: Final = "result"
+SERVED_MODEL: Final = "served_model"
 TO: Final = "to"
 RESULT_SUCCESS: Final = "success"
 RESULT_CANCELLED: Final = "cancelled"
@@ -277,8 +278,17 @@ class Instruments:
     def hedge_labels(self, upstream: str, result: str) -> Attrs:
         return self._attrs((UPSTREAM, upstream), (RESULT, result))
 
-    def stream_labels(self, outcome: str, upstream: str, model: str) -> Attrs:
-        return self._attrs((OUTCOME, outcome), (UPSTREAM, upstream), (MODEL, model))
+    def stream_labels(
+        self, outcome: str, upstream: str, model: str, served: str | None = None
+    ) -> Attrs:
+        """``model``: what the app asked for; ``served``: what answered (a route may rewrite
+        it; same as ``model`` when it did not)."""
+        return self._attrs(
+            (OUTCOME, outcome),
+            (UPSTREAM, upstream),
+            (MODEL, model),
+            (SERVED_MODEL, served or model),
+        )
 
     def stream_duration_labels(self, outcome: str, upstream: str) -> Attrs:
         return self._attrs((OUTCOME, outcome), (UPSTREAM, upstream))

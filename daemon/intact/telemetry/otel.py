@@ -289,7 +289,8 @@ class _RequestTrace:
         self._deactivate()
         outcome = summary.outcome.value
         model = tel.models.label(summary.upstream, summary.model)
-        ins.streams.add(1, ins.stream_labels(outcome, summary.upstream, model))
+        served = tel.models.label(summary.upstream, summary.served_model or summary.model)
+        ins.streams.add(1, ins.stream_labels(outcome, summary.upstream, model, served))
         ins.app_streams.add(1, ins.app_labels(self._app, (OUTCOME, outcome)))
         ins.stream_duration.record(
             summary.duration, ins.stream_duration_labels(outcome, summary.upstream)
@@ -306,6 +307,7 @@ class _RequestTrace:
                 sc.INTACT_COMPLETION_TOKENS: summary.completion_tokens,
                 sc.INTACT_RECOVERED_TOKENS: summary.recovered_tokens,
                 sc.GENAI_REQUEST_MODEL: summary.model,
+                sc.INTACT_SERVED_MODEL: summary.served_model or summary.model,
                 sc.GENAI_REQUEST_STREAM: summary.stream,
                 sc.HTTP_RESPONSE_STATUS_CODE: summary.status,
             }
@@ -326,6 +328,7 @@ class _RequestTrace:
             "request_done",
             outcome=outcome,
             model=summary.model,
+            served_model=summary.served_model or summary.model,
             upstream=summary.upstream,
             attempts=summary.attempts,
             resumes=summary.resumes,

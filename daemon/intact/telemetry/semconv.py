@@ -57,6 +57,7 @@ EVENT_INTERRUPTION: Final = "intact.interruption"
 EVENT_RECOVERED: Final = "intact.recovered"
 EVENT_RETRY_BUDGET_EXHAUSTED: Final = "intact.retry_budget_exhausted"
 EVENT_HEDGE: Final = "intact.hedge"
+INTACT_SERVED_MODEL: Final = "intact.served_model"  # the model that answered (routes rewrite)
 EVENT_BREAKER_TRANSITION: Final = "intact.breaker_transition"
 EVENT_ATTR_KIND: Final = "kind"
 EVENT_ATTR_MESSAGE: Final = "message"
