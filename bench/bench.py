@@ -93,6 +93,7 @@ def run_load(
     tag: str,
     max_tokens: int | None = None,
     streams: int | None = None,
+    turns: int = 0,
 ) -> dict[str, Any]:
     target = path.target()
     spec = {
@@ -109,6 +110,7 @@ def run_load(
         "max_tokens": max_tokens,
         "tag": tag,
         "faulted": wl.fault_rate > 0,
+        "turns": turns,
     }
     budget = ramp + warmup + measure + 120
     proc = subprocess.run(
@@ -197,8 +199,8 @@ class Bench:
         reconnect and a path that cannot serve is left out before it is measured."""
         for path in list(self.paths):
             try:
-                r = run_load(path, wl, self.sim, ramp=0.1, warmup=0.0, measure=1.0,
-                             tag="prime", max_tokens=3, streams=4)  # fmt: skip
+                r = run_load(path, wl, self.sim, ramp=0.1, warmup=0.0, measure=30.0,
+                             tag="prime", max_tokens=3, streams=4, turns=2)  # fmt: skip
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 self.drop(path, f"failed its first requests: {exc}")
                 continue
@@ -423,6 +425,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile-workload", default="1000x20")
     parser.add_argument("--markdown", metavar="FILE", help="also write the report here")
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--workdir", metavar="DIR",
+                        help="keep configs and logs here (default: a temporary directory)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
         args.workloads = args.workloads or QUICK_WORKLOADS
@@ -454,7 +458,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"machine: {host['cpu']}, {host['nproc']} cores, {host['memory']}, "
         f"Python {host['python']}, Linux {host['kernel']}; open-file limit {fds}"
     )
-    with tempfile.TemporaryDirectory(prefix="intact-bench-") as tmp:
+    with contextlib.ExitStack() as stack:
+        if args.workdir:
+            tmp = args.workdir
+            Path(tmp).mkdir(parents=True, exist_ok=True)
+        else:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="intact-bench-"))
         bench = Bench(args, Path(tmp))
         try:
             bench.start_paths(args.paths, biggest)

@@ -28,7 +28,12 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from procstat import tree_cpu_seconds, tree_rss_kib  # noqa: E402
+from procstat import (  # noqa: E402
+    machine_cpu_seconds,
+    tree_cpu_seconds,
+    tree_rss_kib,
+    tree_wait_seconds,
+)
 from timing import largest_gap, lateness  # noqa: E402
 
 _COUNTS = re.compile(rb"attempts=(\d+) resumed=(\d+)")
@@ -53,6 +58,9 @@ class LoadSpec:
     api_key: str = "sk-bench"
     tag: str = "w"
     faulted: bool = False
+    turns: int = 0
+    """When set, each worker runs this many streams and stops (measure_s is then a
+    time limit): how bench.py primes a path."""
 
 
 @dataclass(slots=True)
@@ -97,7 +105,7 @@ class Load:
     async def worker(self, session: aiohttp.ClientSession, index: int) -> None:
         await asyncio.sleep(index * self.spec.ramp_s / max(1, self.spec.streams))
         turn = 0
-        while not self.stopping:
+        while not self.stopping and not (self.spec.turns and turn >= self.spec.turns):
             record = Stream(sent=self.loop.time())
             self.streams.append(record)
             self.open += 1
@@ -171,13 +179,18 @@ class Load:
             tasks = [
                 asyncio.create_task(self.worker(session, i)) for i in range(spec.streams)
             ]
-            await asyncio.sleep(window_start - self.loop.time())
+            if spec.turns:
+                await asyncio.wait(tasks, timeout=spec.ramp_s + spec.measure_s)
+            else:
+                await asyncio.sleep(window_start - self.loop.time())
             cpu0 = tree_cpu_seconds(pid) if pid else 0.0
             sim0 = tree_cpu_seconds(spec.sim_pid) if spec.sim_pid else 0.0
             own0 = _own_cpu()
+            wait0 = tree_wait_seconds(pid) if pid else 0.0
+            all0 = machine_cpu_seconds()
             wall0 = time.monotonic()
             rss_peak, open_at_peak = 0, 0
-            while self.loop.time() < window_end:
+            while self.loop.time() < window_end and not spec.turns:
                 if pid:
                     rss = tree_rss_kib(pid)
                     if rss > rss_peak:
@@ -186,13 +199,22 @@ class Load:
             cpu1 = tree_cpu_seconds(pid) if pid else 0.0
             sim_cpu = (tree_cpu_seconds(spec.sim_pid) if spec.sim_pid else 0.0) - sim0
             own_cpu = _own_cpu() - own0
+            waited = (tree_wait_seconds(pid) if pid else 0.0) - wait0
+            everyone = machine_cpu_seconds() - all0
             wall = time.monotonic() - wall0
             self.stopping = True
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         result = self.result(cpu1 - cpu0, wall, rss_before, rss_peak, open_at_peak)
-        return {**result, "sim_cpu_s": sim_cpu, "client_cpu_s": own_cpu}
+        others = max(0.0, everyone - (cpu1 - cpu0) - sim_cpu - own_cpu)
+        return {
+            **result,
+            "sim_cpu_s": sim_cpu,
+            "client_cpu_s": own_cpu,
+            "others_cpu_s": others,
+            "relay_wait_s": waited,
+        }
 
     def result(
         self, cpu: float, wall: float, rss_before: int, rss_peak: int, open_at_peak: int

@@ -45,6 +45,29 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def wait_seconds(pid: int) -> float:
+    """Seconds the process's threads spent runnable but waiting for a CPU (schedstat)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
+
+
+def tree_wait_seconds(pid: int) -> float:
+    return sum(wait_seconds(p) for p in tree(pid))
+
+
+def machine_cpu_seconds() -> float:
+    """CPU seconds every process on the machine used so far (all cores, /proc/stat)."""
+    with contextlib.suppress(OSError):
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+        return (user + nice + system + irq + softirq + steal) / _TICKS
+    return 0.0
+
+
 def tree_cpu_seconds(pid: int) -> float:
     return sum(cpu_seconds(p) for p in tree(pid))
 

@@ -4,8 +4,8 @@
 
 Each request is sent on to the upstream unchanged (same path, body and content type) over
 one pooled client session, and every read of the upstream's body is written to the app as
-it came: no SSE decoding, no JSON, no retries. An upstream failure mid-body aborts the
-app's connection. Whatever intact costs beyond this pipe is its own work.
+it came: no SSE decoding, no JSON, no retries. An upstream connection broken mid-body
+breaks the app's; an upstream that ends early ends the app's stream early too. Whatever intact costs beyond this pipe is its own work.
 """
 
 from __future__ import annotations
@@ -40,10 +40,16 @@ def build_app(upstream: str) -> web.Application:
         ) as up:
             response = web.StreamResponse(status=up.status)
             response.content_type = up.content_type
-            await response.prepare(request)
-            async for data in up.content.iter_any():
-                await response.write(data)
-            await response.write_eof()
+            try:
+                await response.prepare(request)
+                async for data in up.content.iter_any():
+                    await response.write(data)
+                await response.write_eof()
+            except ConnectionError:  # the app left: nothing to tell it
+                pass
+            except aiohttp.ClientPayloadError:  # the upstream broke: so does the app's stream
+                if request.transport is not None:
+                    request.transport.abort()
             return response
 
     app.cleanup_ctx.append(session_ctx)

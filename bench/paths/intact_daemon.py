@@ -1,8 +1,9 @@
 """intact as deployed: `intact run` with a config file, Prometheus exporter on.
 
-Two settings differ from the defaults, both so the numbers measure the relay rather than
-its bounds: the upstream's stream limit and queue are as large as the biggest workload
-(the bulkhead is not what is measured), and the backoff has no jitter, so the wait before
+Two kinds of settings differ from the defaults, both so the numbers measure the relay rather
+than its bounds: the upstream's stream limit and queue and the connections allowed per app
+process are as large as the biggest workload (the bounds are not what is measured), and
+the backoff has no jitter, so the wait before
 a resume is exactly ``retry.base_delay`` and the recovery time beyond it can be computed.
 """
 
@@ -39,6 +40,7 @@ class IntactDaemon:
             f"""[server]
 socket = "{self.socket}"
 metrics_addr = "127.0.0.1:{self.metrics_port}"
+max_connections_per_peer = {limit}
 
 [retry]
 base_delay = {BACKOFF}

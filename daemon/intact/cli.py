@@ -1,5 +1,5 @@
-"""Command line: `intact run | demo | simulate-upstream | chaos-proxy | check-config |
-config-reference`."""
+"""Command line: `intact run | status | top | demo | simulate-upstream | chaos-proxy |
+check-config | config-reference`."""
 
 from __future__ import annotations
 
@@ -172,6 +172,29 @@ def _parser() -> argparse.ArgumentParser:
         "--no-live", action="store_true", help="print periodic lines instead of the live view"
     )
 
+    for name, help_text in (
+        ("status", "print a running daemon's state as JSON (from its admin listener)"),
+        ("top", "show a running daemon live: streams, breakers, budgets, apps"),
+    ):
+        watch = sub.add_parser(name, help=help_text)
+        watch.add_argument(
+            "--admin",
+            metavar="URL",
+            help="the daemon's admin listener (default: from server.metrics_addr of the "
+            "config, i.e. http://127.0.0.1:9464)",
+        )
+        watch.add_argument(
+            "--config", metavar="FILE", help="config whose server.metrics_addr to use"
+        )
+        watch.add_argument(
+            "--timeout", type=float, default=2.0, help="seconds to wait for the admin listener"
+        )
+        if name == "top":
+            watch.add_argument(
+                "--interval", type=float, default=1.0, help="seconds between refreshes"
+            )
+            watch.add_argument("--once", action="store_true", help="print one frame and exit")
+
     check = sub.add_parser("check-config", help="validate a config file and print it resolved")
     check.add_argument("file")
 
@@ -187,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command in ("status", "top"):
+            return _watch(args)
         if args.command == "simulate-upstream":
             return _simulate(args)
         if args.command == "chaos-proxy":
@@ -246,6 +271,31 @@ def _run(args: argparse.Namespace) -> int:
         print(f"intact: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """`intact status` (one JSON document) and `intact top` (live)."""
+    from intact.status import AdminUnreachable, admin_url, build_status, read_admin
+
+    try:
+        admin = args.admin or admin_url(resolve(Overrides(config=args.config)))
+        if args.command == "status":
+            status = build_status(admin, read_admin(admin, timeout=args.timeout))
+            print(json.dumps(status, indent=2))
+            return 0
+        try:
+            from intact.top import run_top
+        except ImportError as exc:
+            print(
+                f"intact top needs the demo extra ({exc.name} is missing): "
+                "pip install 'intact[demo]'; `intact status` works without it",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+        return run_top(admin, interval=args.interval, once=args.once)
+    except AdminUnreachable as exc:
+        print(f"intact {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 def _simulate(args: argparse.Namespace) -> int:

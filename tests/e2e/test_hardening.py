@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import io
 import logging
 import os
@@ -445,18 +446,23 @@ def _fds() -> int:
 async def test_bad_input_leaves_no_fds_tasks_or_memory_behind(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rounds = 3
+    rounds = int(os.environ.get("BAD_INPUT_ROUNDS", "3"))
     # Every request fails here: keep the breaker out of it, this is about what is left over.
+    # No in-memory telemetry sinks here: they keep every span and log line by design.
     async with (
         bad_upstream() as up,
-        observed(bad_config(tmp_path, up, breaker={"minimum_calls": 1000})) as (d, _),
+        running_daemon(bad_config(tmp_path, up, breaker={"minimum_calls": 1000})) as d,
     ):
-        await outcome(d, "good")  # warm up: pools, imports
+        # Warm up: connection pools, and the allocator's high-water mark for the 9 MiB case.
+        for model, *_ in BAD_INPUT:
+            await outcome(d, model)
+        gc.collect()
         before = (_rss_kib(), _fds(), len(asyncio.all_tasks()))
         for _ in range(rounds):
             for model, expected, _kind, _bound in BAD_INPUT:
                 assert (await outcome(d, model))[:2] == expected
         await asyncio.sleep(0.2)  # let closed connections finish closing
+        gc.collect()
         after = (_rss_kib(), _fds(), len(asyncio.all_tasks()))
         assert await outcome(d, "good") == (200, None, pytest.approx(0, abs=5))
     with capsys.disabled():
@@ -467,4 +473,4 @@ async def test_bad_input_leaves_no_fds_tasks_or_memory_behind(
         )
     assert after[1] <= before[1] + 2  # no leaked sockets
     assert after[2] <= before[2]  # no leaked tasks
-    assert after[0] - before[0] < 64 * 1024  # well under 64 MiB (the oversized case is 9 MiB)
+    assert after[0] - before[0] < 16 * 1024  # flat: no more than allocator noise

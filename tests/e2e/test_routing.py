@@ -227,9 +227,7 @@ async def test_context_length_exceeded_falls_back_and_the_response_names_that_mo
     ):
         small.schedule_faults(["context_length"])
         client = sdk(d.socket_path)
-        completion = await client.chat.completions.create(
-            model="gpt-4o-mini", messages=MESSAGES
-        )
+        completion = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
         small.schedule_faults(["context_length"])
         seen = await stream_chat(client, model="gpt-4o-mini")
         # Without a fallback chain the app gets the upstream's own 400.
@@ -250,7 +248,9 @@ async def test_context_length_exceeded_falls_back_and_the_response_names_that_mo
 
 
 async def test_a_persistent_429_without_retry_after_gets_few_calls(tmp_path: Path) -> None:
-    """Scaled: rate_limit_base_delay 0.05 s stands for 1 s; 3 s here is a minute."""
+    """Scaled: rate_limit_base_delay 0.05 s stands for 1 s, so 3 s here is a minute. Apps
+    keep sending (10 requests, one every "6 s"); unpaced, 10 x 6 attempts would be 60 calls
+    within the minute. Paced and shared, the provider sees a handful."""
     base = 0.05
     async with (
         fast_sim(retry_after=0.0) as sim,
@@ -268,18 +268,24 @@ async def test_a_persistent_429_without_retry_after_gets_few_calls(tmp_path: Pat
     ):
         sim.schedule_faults(["http_429"] * 200)
         client = sdk(d.socket_path)
+
+        async def later(i: int) -> Any:
+            await asyncio.sleep(i * 6 * base)
+            return await stream_chat(client)
+
         started = time.monotonic()
-        results = await asyncio.gather(
-            *(stream_chat(client) for _ in range(5)), return_exceptions=True
-        )
+        results = await asyncio.gather(*(later(i) for i in range(10)))
         elapsed = time.monotonic() - started
         calls = sim.stats.chat_requests
-    assert all(isinstance(r.error, openai.RateLimitError) for r in results)  # type: ignore[union-attr]
-    # Unpaced, 5 requests x 6 attempts would be 30 calls in well under a second; paced and
-    # shared, a "minute" (60 x base) sees a handful.
-    per_minute = calls / (elapsed / (60 * base))
-    assert calls <= 12, calls
-    assert per_minute <= 12, per_minute
+        at = [r.at for r in sim.stats.recent_requests]
+    assert all(isinstance(r.error, openai.RateLimitError) for r in results), [
+        r.error for r in results
+    ]
+    in_first_minute = sum(1 for t in at if t - at[0] <= 60 * base)
+    assert in_first_minute <= 12, (in_first_minute, calls, elapsed)
+    # One request alone: its attempts spread out (1 + 2 + 4 + 8 "s" at least).
+    gaps = [b - a for a, b in zip(at, at[1:], strict=False)]
+    assert max(gaps) >= 4 * base, gaps
 
 
 async def test_pacing_ends_with_the_first_success(tmp_path: Path) -> None:
@@ -358,3 +364,13 @@ def test_default_worst_cases_stay_within_a_minute() -> None:
     for case in worst_cases(cfg):
         if case.pattern != "a stream that keeps streaming":
             assert case.seconds <= 60, case
+
+
+async def test_answer_start_timeout_does_not_cut_an_answer_that_started(tmp_path: Path) -> None:
+    """answer_start_timeout bounds the wait for the first chunk only, not the answer."""
+    async with (
+        fast_sim(tok_per_s=150.0) as sim,  # ~1.4 s of streaming
+        daemon_for(tmp_path, sim, stream={"answer_start_timeout": 0.5}) as d,
+    ):
+        seen = await stream_chat(sdk(d.socket_path))
+    assert seen.error is None and seen.text == EXPECTED.content

@@ -53,7 +53,13 @@ def give_up(
     return AppError(
         status=status,
         message=message,
-        type="upstream_unavailable" if status == 503 else "upstream_error",
+        type=(
+            "upstream_unavailable"
+            if status == 503
+            else "rate_limit_exceeded"
+            if status == 429
+            else "upstream_error"
+        ),
         code=code,
         headers=headers,
     )

@@ -395,6 +395,15 @@ class _Run:
                 f"upstream {name} asked to wait longer than retry.max_retry_after",
             )
         if self.loop.time() + wait >= self.attempt_deadline():
+            if up.rate_limit.paced and (self.last_failure is None or not self.last_failure.status):
+                # Nothing the upstream said to pass on: say it is rate limiting.
+                raise await refuse(
+                    "rate_limited",
+                    f"upstream {name} is rate limiting (429) and no call slot is free before "
+                    "the request's deadline",
+                    status=429,
+                    retry_after=wait,
+                )
             raise await refuse(
                 "deadline_exceeded", "the next attempt would pass the request deadline"
             )
@@ -444,7 +453,12 @@ class _Run:
         eligible upstream too. The first to produce an event wins and the others are
         cancelled at once (their upstreams see the connection close)."""
         hedge_after = first.upstream.config.routing.hedge_after
-        if reason is AttemptReason.RESUME or not hedge_after or self.hedges >= self.max_hedges:
+        if (
+            reason is AttemptReason.RESUME
+            or not hedge_after
+            or self.hedges >= self.max_hedges
+            or len(self.plan.ups) < 2
+        ):
             try:
                 return await self.attempt(first, reason, permit, None)
             finally:
@@ -615,7 +629,8 @@ class _Run:
                 headers=headers,
                 first_token_timeout=timeouts.first_token_timeout,
                 stall_timeout=timeouts.stall_timeout,
-                deadline=self.attempt_deadline(),
+                deadline=self.deadline,
+                first_deadline=self.attempt_deadline(),
             ) as events:
                 judged = False
                 while (batch := await events.next_batch()) is not None:

@@ -50,12 +50,16 @@ class UpstreamStream:
         first_token_timeout: float,
         stall_timeout: float,
         deadline: float,
+        first_deadline: float | None = None,
     ) -> None:
         self._client = client
         self._body = body
         self._headers = headers
         self._watchdog = Watchdog(
-            first_token=first_token_timeout, stall=stall_timeout, deadline=deadline
+            first_token=first_token_timeout,
+            stall=stall_timeout,
+            deadline=deadline,
+            first_deadline=first_deadline,
         )
         self._decoder = SSEDecoder()
         self._resp: aiohttp.ClientResponse | None = None

@@ -1,8 +1,8 @@
 """Upstream timeouts without a timer per chunk, and only while intact waits for the upstream.
 
-A stream is abandoned when its first event does not arrive within ``first_token_timeout``,
-when the upstream goes silent for ``stall_timeout`` after that, or when the request's
-deadline passes. The clocks run only while the reader is *armed*, i.e. awaiting the
+A stream is abandoned when its first event does not arrive within ``first_token_timeout``
+(or by ``first_deadline``, the app's answer-start deadline), when the upstream goes silent for
+``stall_timeout`` after that, or when the request's deadline passes. The clocks run only while the reader is *armed*, i.e. awaiting the
 upstream: time the relay spends elsewhere (waiting for a slow app to take its bytes) is never
 upstream silence, and silence is measured from the moment reading resumes.
 
@@ -29,6 +29,7 @@ class Watchdog:
         "_cancelling",
         "_deadline",
         "_first",
+        "_first_deadline",
         "_got_first",
         "_handle",
         "_last",
@@ -39,12 +40,21 @@ class Watchdog:
         "expired",
     )
 
-    def __init__(self, *, first_token: float, stall: float, deadline: float) -> None:
-        """``deadline`` is absolute, on the event loop's clock."""
+    def __init__(
+        self,
+        *,
+        first_token: float,
+        stall: float,
+        deadline: float,
+        first_deadline: float | None = None,
+    ) -> None:
+        """Deadlines are absolute, on the event loop's clock; ``first_deadline`` applies
+        only until the first event."""
         self._loop = asyncio.get_running_loop()
         self._first = first_token
         self._stall = stall
         self._deadline = deadline
+        self._first_deadline = deadline if first_deadline is None else min(deadline, first_deadline)
         self._start = self._last = self._loop.time()
         self._got_first = False
         self._armed = False
@@ -56,10 +66,12 @@ class Watchdog:
     def _due(self) -> tuple[float, FailureKind]:
         if self._got_first:
             due, kind = self._last + self._stall, FailureKind.STALL
+            deadline = self._deadline
         else:
             due, kind = self._start + self._first, FailureKind.FIRST_TOKEN_TIMEOUT
-        if self._deadline <= due:
-            return self._deadline, FailureKind.DEADLINE
+            deadline = self._first_deadline
+        if deadline <= due:
+            return deadline, FailureKind.DEADLINE
         return due, kind
 
     def arm(self) -> None:
@@ -107,7 +119,8 @@ class Watchdog:
             return self._stall
         if kind is FailureKind.FIRST_TOKEN_TIMEOUT:
             return self._first
-        return self._deadline - self._start
+        deadline = self._deadline if self._got_first else self._first_deadline
+        return deadline - self._start
 
     def failure(self) -> UpstreamFailure | None:
         """After a CancelledError while armed: the timeout it stands for, if it was ours
