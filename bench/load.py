@@ -28,13 +28,13 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from procstat import (  # noqa: E402
+from procstat import (
     machine_cpu_seconds,
     tree_cpu_seconds,
     tree_rss_kib,
     tree_wait_seconds,
 )
-from timing import largest_gap, lateness  # noqa: E402
+from timing import largest_gap, lateness
 
 _COUNTS = re.compile(rb"attempts=(\d+) resumed=(\d+)")
 _FINISH = (b'"finish_reason":"', b'"finish_reason": "')
@@ -176,9 +176,7 @@ class Load:
             window_start = t0 + spec.ramp_s + spec.warmup_s
             window_end = window_start + spec.measure_s
             self.window = (window_start, window_end)
-            tasks = [
-                asyncio.create_task(self.worker(session, i)) for i in range(spec.streams)
-            ]
+            tasks = [asyncio.create_task(self.worker(session, i)) for i in range(spec.streams)]
             if spec.turns:
                 await asyncio.wait(tasks, timeout=spec.ramp_s + spec.measure_s)
             else:

@@ -14,6 +14,7 @@ and a relay may merge or split them (the time to first token covers them).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -32,9 +33,7 @@ def lateness(
     on_time = min(shifted)
     start, end = window
     return [
-        x - on_time
-        for x, t in zip(shifted, arrivals[SKIP_FIRST:], strict=True)
-        if start <= t < end
+        x - on_time for x, t in zip(shifted, arrivals[SKIP_FIRST:], strict=True) if start <= t < end
     ]
 
 
@@ -60,4 +59,4 @@ def summary(values: Sequence[float]) -> dict[str, float]:
 
 def largest_gap(arrivals: Sequence[float]) -> float:
     """The longest silence between two consecutive events (0 with fewer than two)."""
-    return max((b - a for a, b in zip(arrivals, arrivals[1:], strict=False)), default=0.0)
+    return max((b - a for a, b in itertools.pairwise(arrivals)), default=0.0)

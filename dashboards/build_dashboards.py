@@ -877,6 +877,46 @@ def overview() -> dict[str, Any]:
                 unit="short",
                 width=6,
             ),
+            timeseries(
+                "Hedges",
+                "Hedged attempts per second by the upstream hedged to (routing.hedge_after: "
+                "the first upstream had no first event yet): won = the hedge answered first, "
+                "lost = the first upstream did.",
+                [
+                    Query(
+                        "sum by (upstream) ("
+                        f"{rate('intact_hedges_total', result=eq('won'), **per_upstream)})",
+                        "{{upstream}} won",
+                    ),
+                    Query(
+                        "sum by (upstream) ("
+                        f"{rate('intact_hedges_total', result=eq('lost'), **per_upstream)})",
+                        "{{upstream}} lost",
+                    ),
+                ],
+                unit="cps",
+                width=12,
+                axis_label="hedges / s",
+                links=upstream_link(),
+            ),
+            timeseries(
+                "Hedge win ratio",
+                "Share of hedges that answered before the upstream they raced: high means the "
+                "first upstream is often slow to its first token.",
+                [
+                    Query(
+                        "sum by (upstream) ("
+                        f"{rate('intact_hedges_total', result=eq('won'), **per_upstream)})"
+                        " / sum by (upstream) ("
+                        f"{rate('intact_hedges_total', **per_upstream)})",
+                        "{{upstream}}",
+                    )
+                ],
+                unit="percentunit",
+                width=12,
+                max_value=1,
+                links=upstream_link(),
+            ),
         ],
     )
 

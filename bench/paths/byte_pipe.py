@@ -5,7 +5,8 @@
 Each request is sent on to the upstream unchanged (same path, body and content type) over
 one pooled client session, and every read of the upstream's body is written to the app as
 it came: no SSE decoding, no JSON, no retries. An upstream connection broken mid-body
-breaks the app's; an upstream that ends early ends the app's stream early too. Whatever intact costs beyond this pipe is its own work.
+breaks the app's; an upstream that ends early ends the app's stream early too. Whatever
+intact costs beyond this pipe is its own work.
 """
 
 from __future__ import annotations

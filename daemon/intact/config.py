@@ -787,12 +787,17 @@ def _parse_env_value(name: str, text: str, tp: Any) -> Any:
     return text
 
 
+# Kubernetes injects these for a Service named "intact" in the pod's namespace; they are not
+# intact's settings and must not stop the daemon.
+_KUBERNETES_SERVICE_LINK = re.compile(r"INTACT_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\w+)?)")
+
+
 def env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
     """Split INTACT_* variables into a raw config overlay and flag-like shortcuts."""
     overlay: dict[str, Any] = {}
     shortcuts: dict[str, str] = {}
     for name, value in environ.items():
-        if not name.startswith("INTACT_"):
+        if not name.startswith("INTACT_") or _KUBERNETES_SERVICE_LINK.fullmatch(name):
             continue
         if name in ENV_SHORTCUTS:
             shortcuts[ENV_SHORTCUTS[name]] = value

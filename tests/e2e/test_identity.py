@@ -214,7 +214,8 @@ async def test_an_app_over_its_stream_limit_gets_429_with_retry_after(tmp_path: 
             first_client.stream("POST", "/v1/chat/completions", json=CHAT) as first,
         ):
             assert first.status_code == 200
-            await anext(first.aiter_lines())  # the first stream is live
+            lines = first.aiter_lines()  # kept: a dropped iterator closes the stream
+            await anext(lines)  # the first stream is live
             async with raw_client(d.socket_path) as client:
                 over = await client.post("/v1/chat/completions", json=CHAT)
             assert over.status_code == 429
@@ -230,7 +231,7 @@ async def test_an_app_over_its_stream_limit_gets_429_with_retry_after(tmp_path: 
                 break
             await asyncio.sleep(0.02)
         assert d.access.active("checkout") == 0
-        assert (await stream_chat(sdk(d.socket_path))).error is None
+        assert (await stream_chat(sdk(d.socket_path), max_tokens=5)).error is None
     [line] = refusals(sinks)
     assert (line["reason"], line["app"], line["status"]) == ("stream_limit", "checkout", 429)
 

@@ -44,10 +44,12 @@ def restore_logging() -> Iterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def watched_daemon(tmp_path: Path, sim: SimulatedUpstream) -> AsyncIterator[RunningDaemon]:
+async def watched_daemon(
+    tmp_path: Path, sim: SimulatedUpstream, **over: Any
+) -> AsyncIterator[RunningDaemon]:
     ups = [{"name": "sim", "base_url": sim.base_url, "resume": "prefill"}]
     apps = [{"name": "checkout", "uids": [UID], "max_concurrent_streams": 8}]
-    cfg = fast_config(tmp_path, ups, apps=apps, telemetry={"log_format": "json"})
+    cfg = fast_config(tmp_path, ups, apps=apps, telemetry={"log_format": "json"}, **over)
     rt = start_telemetry(cfg, log_stream=io.StringIO())
     try:
         async with running_daemon(
@@ -104,16 +106,15 @@ async def test_status_prints_streams_breakers_budgets_and_apps_as_json(tmp_path:
 
 async def test_status_shows_streams_in_flight_per_upstream_and_per_app(tmp_path: Path) -> None:
     async with (
-        fast_sim(tok_per_s=2.0) as sim,
-        watched_daemon(tmp_path, sim) as d,
+        fast_sim(tok_per_s=5.0) as sim,
+        watched_daemon(tmp_path, sim, stream={"stall_timeout": 5.0}) as d,
         raw_client(d.socket_path) as client,
         client.stream("POST", "/v1/chat/completions", json=CHAT) as live,
     ):
         assert d.admin_url is not None
-        first = await anext(live.aiter_lines())
-        print("FIRST", live.status_code, first)
+        lines = live.aiter_lines()  # kept: a dropped iterator closes the stream
+        await anext(lines)
         code, out, err = await intact("status", "--admin", d.admin_url)
-        print(out)
     assert code == 0, err
     status = json.loads(out)
     assert status["active_streams"] == 1

@@ -3,16 +3,21 @@
 What is a repeat depends on what the resume mode makes the model do. Prefill/prefix: the
 model continues its own tokens, so its text is new even when it doubles a word ("had had")
 or a closing line; only a server echoing the whole partial first (llama-server) is dropped.
-Instruct: the model reads the partial and is asked to go on, and often repeats its last words
-or lines or starts over; those are dropped (so is a natural doubled word at the seam, the
-price of the mode), and a restart that departs from the partial raises ContinuationDiverged.
-Lines are compared with their indentation: ``}`` never repeats ``  }``. A prefill prompt
-loses its trailing whitespace (tokenizers re-merge it, some APIs reject it), and the
-whitespace the model regenerates is not sent twice.
+Instruct: the model reads the partial and is asked to go on, and often restates its last
+words or lines, or starts over. Both modes are sent the partial without its trailing
+whitespace (tokenizers re-merge it, some APIs reject it, chat templates trim it), so the
+seam says which it is: a model going on regenerates the separator (" had", "\\n| 2 |"), one
+restating starts at a word or line of the partial, glued to it ("had had", "| 2 |\\n").
+The glued restatement is dropped (its blank runs may differ within a line); the separator
+that follows is the text's own, so a doubled word or row after it is kept. A restart is cut
+to what is new; one that departs from the partial, or new text glued where the partial
+needs a separator ("corner.Certainly."), cannot be placed and raises ContinuationDiverged.
+Lines are compared with their indentation: ``}`` never repeats ``  }``.
 """
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,6 +35,13 @@ _UNSPACED = (
     (0xFF00, 0xFFEF),  # full- and half-width forms
     (0x20000, 0x3FFFF),  # CJK Extensions B and later
 )
+_BLANKS = " \t"
+# Where a sentence ends: these followed by whitespace (or the end), a CJK stop anywhere.
+_STOPS = ".!?:"
+_CJK_STOPS = "。！？"
+# A tokenizer never cuts between these and a letter (".Every" is one pre-token), so a capital
+# glued to them is new text, not the rest of the partial's token stream.
+_GLUE_PUNCTUATION = ".!?,;:"
 
 _End = Literal["bound", "finish"] | None
 
@@ -52,6 +64,53 @@ def _common_prefix(a: str, b: str) -> int:
     return i
 
 
+def _weight(text: str) -> int:
+    """Evidence in matched text: non-space chars, a CJK character counting twice."""
+    return sum(1 + _unspaced(ch) for ch in text if not ch.isspace())
+
+
+def _first_sentence(text: str, ended: bool) -> tuple[str, bool]:
+    """The first sentence or line of `text`, and whether it is known to be complete."""
+    for i, ch in enumerate(text):
+        if ch == "\n" and text[:i].strip() or ch in _CJK_STOPS:
+            return text[: i + 1], True
+        if ch in _STOPS and i + 1 < len(text) and text[i + 1].isspace():
+            return text[: i + 1], True
+    return text, ended
+
+
+def _units(text: str) -> list[str]:
+    """What two openings are compared by: lower-case words (split at apostrophes, so
+    "here's" keeps "here") and single CJK characters; punctuation and spaces skipped."""
+    units: list[str] = []
+    word = ""
+    for ch in text:
+        if _word(ch):
+            word += ch.lower()
+            continue
+        if word:
+            units.append(word)
+            word = ""
+        if _unspaced(ch) and ch.isalnum():
+            units.append(ch)
+    if word:
+        units.append(word)
+    return units
+
+
+def _reworded(ours: str, theirs: str) -> bool:
+    """Whether sentence `theirs` is `ours` reworded ("Here's the story." for "Here is the
+    story.") or cut short ("当然。" for "当然可以。")."""
+    a, b = _units(ours), _units(theirs)
+    if not a or not b or a == b:
+        return False
+    if len(b) < len(a) and a[: len(b)] == b:
+        return True
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    matched = sum(block.size for block in matcher.get_matching_blocks())
+    return matched >= 2 and matcher.ratio() >= 0.6
+
+
 class ContinuationDiverged(Exception):
     """The continuation cannot be placed after the partial answer (e.g. a paraphrased restart)."""
 
@@ -69,25 +128,20 @@ class SpliceLimits:
     re-emit before departing to be diverged (lists and code often start lines alike)."""
 
 
-class _Probe:
-    """The continuation read from one position, and the repeats of the partial it still
-    matches: whole lines (read from the line start, indentation included) or words (read
-    from the first non-space)."""
+class _Repeat:
+    """A repeat the continuation may start with: the partial from `start` to its end, read
+    from the held text at `at`; `ti`/`hi` say how far each has been matched."""
 
-    __slots__ = ("alive", "at", "checked", "indent")
+    __slots__ = ("at", "blank", "end", "hi", "start", "state", "ti")
 
-    def __init__(self, at: int, indent: str, alive: list[int]) -> None:
-        self.at = at  # where in the held text the probe starts
-        self.indent = indent  # the app's own indentation of the line, read before it
-        self.alive = alive  # starts in the partial of repeats still matching
-        self.checked = 0  # probe chars compared with them so far
-
-    def text(self, held: str) -> str:
-        return self.indent + held[self.at :]
-
-    def cut(self, length: int) -> int:
-        """Held chars covered by the first `length` chars of the probe."""
-        return self.at + length - len(self.indent)
+    def __init__(self, start: int, at: int) -> None:
+        self.start = start
+        self.at = at
+        self.ti = start
+        self.hi = at
+        self.blank = False  # inside a blank run of the partial, skipping the held one's
+        self.end = -1  # where in the held text the repeat ends, once matched
+        self.state: bool | None = None  # True: matched to the partial's end; False: departed
 
 
 class ContinuationSplicer:
@@ -98,7 +152,6 @@ class ContinuationSplicer:
     """
 
     __slots__ = (
-        "_complete",
         "_core",
         "_decided",
         "_held",
@@ -106,12 +159,10 @@ class ContinuationSplicer:
         "_instruct",
         "_last_alnum",
         "_limits",
-        "_line_mode",
-        "_probes",
+        "_repeats",
         "_restart",
-        "_restart_match",
-        "_restart_probe",
         "_tail_ws",
+        "_top",
         "dropped_chars",
         "prompt_text",
     )
@@ -125,32 +176,23 @@ class ContinuationSplicer:
         self._instruct = mode == "instruct"
         core = sent.rstrip()
         self._core = core
-        if self._instruct:
-            self.prompt_text = sent
-            self._tail_ws = sent[len(core) :]
-        else:
-            self.prompt_text = core or sent
-            self._tail_ws = sent[len(self.prompt_text) :]
+        self.prompt_text = core or sent
+        self._tail_ws = sent[len(self.prompt_text) :]
+        self._top = len(core) - len(core.lstrip())
         floor = max(0, len(core) - limits.max_overlap_chars)
         self._last_alnum = next(
             (i for i in range(len(core) - 1, floor - 1, -1) if core[i].isalnum()), -1
         )
         self._hold_limit = limits.max_overlap_chars + min(len(core), limits.max_overlap_chars)
         self._held = ""
-        self._probes: list[_Probe] | None = None  # chosen once the continuation's start is seen
-        self._complete: list[tuple[int, _Probe]] = []  # repeats matched to the partial's end
-        self._line_mode = False  # the continuation starts on a new line
-        self._restart = -1  # where in the partial a restart from the top starts
-        self._restart_probe: _Probe | None = None
-        self._restart_match: str | None = None  # what a restart matched before departing
+        self._repeats: list[_Repeat] | None = None  # chosen once the continuation's start is seen
+        self._restart: _Repeat | None = None  # the repeat that reads the partial from its top
         if not self._instruct:
             # Echo: the whole partial, re-sent verbatim. A partial without a letter or digit
             # ("#", "```") may be naturally followed by itself ("## Title", "`````python").
             echo = bool(core) and (len(core) >= limits.min_overlap_chars or self._last_alnum >= 0)
-            probe = _Probe(0, "", [0] if echo else [])
-            self._probes = [probe]
-            if echo:
-                self._restart, self._restart_probe = 0, probe
+            self._repeats = [_Repeat(0, 0)] if echo else []
+            self._restart = self._repeats[0] if echo else None
             self._decided = not (echo or self._tail_ws)
         else:
             self._decided = not core
@@ -185,142 +227,131 @@ class ContinuationSplicer:
         self._decided = True
         self.dropped_chars = cut
         self._held = ""
-        self._probes = None
-        self._complete = []
+        self._repeats = None
+        self._restart = None
         return held[cut:]
+
+    # --- deciding ---------------------------------------------------------------------------
 
     def _decide(self, end: _End) -> int | None:
         """How many held chars to drop, or None to keep holding. `end` says no more text
         will be held: the stream finished, or the hold bound was hit."""
-        probes = self._probes or self._start_probes()
-        if not probes:
-            # Instruct, only whitespace so far: a repeat may still follow it.
-            return None if end is None else self._no_repeat(end)
-        held, core = self._held, self._core
-        for probe in probes:
-            self._advance(probe, probe.text(held))
-        if any(probe.alive for probe in probes):
+        repeats = self._repeats
+        if repeats is None:
+            if self._body() == len(self._held):
+                # Instruct, only whitespace so far: a repeat may still follow it.
+                return None if end is None else self._seam(0, end)
+            repeats = self._repeats = self._start_repeats()
+        for repeat in repeats:
+            if repeat.state is None:
+                repeat.state = self._advance(repeat)
+        if any(repeat.state is None for repeat in repeats):
             if end is None:
                 return None
             self._abandon(end)
-        for start, probe in sorted(self._complete, key=lambda c: c[0]):  # longest first
-            text = probe.text(held)
-            stop = len(core) - start  # where the repeat ends in the probe
-            if stop == len(text) and end is None:
+        held = self._held
+        for repeat in sorted(repeats, key=lambda r: r.start):  # longest first
+            if not repeat.state:
+                continue
+            after = held[repeat.end] if repeat.end < len(held) else None
+            if after is None and end is None:
                 return None  # whether it ends at a word boundary is not known yet
-            after = text[stop] if stop < len(text) else None
-            if self._accept(start, probe, after):
-                return self._seam(probe.cut(stop), end)
-        if self._restart_match is not None and self._diverged(self._restart_match):
-            raise ContinuationDiverged(
-                f"continuation restarted the answer ({self._restart_match[:40]!r}...) "
-                "and then departed from it"
-            )
-        return self._no_repeat(end)
-
-    def _no_repeat(self, end: _End) -> int | None:
-        """The continuation repeats nothing: drop only whitespace the app already has.
-
-        A prefill model never saw the whitespace cut from its prompt, so it regenerates it.
-        An instruct model saw it: its leading newlines are its own (a blank line may be
-        meant), but a space doubling the partial's trailing space mid-line is not."""
-        if self._instruct and "\n" in self._tail_ws + self._held[: self._body()]:
-            return 0
+            if self._accept(repeat, after):
+                return self._seam(repeat.end, end)
+        if self._instruct and not self._placed(end):
+            return None
         return self._seam(0, end)
 
     def _body(self) -> int:
-        """Where the continuation's first non-space is (its length if none)."""
+        """Where the held text's first non-space is (its length if none)."""
         return len(self._held) - len(self._held.lstrip())
 
-    def _start_probes(self) -> list[_Probe]:
+    def _start_repeats(self) -> list[_Repeat]:
         """Instruct: once the continuation's first non-space arrives, find the repeats it may
-        start: lines read with their indentation, words read from the first non-space."""
-        held, core, tail = self._held, self._core, self._tail_ws
-        body = self._body()
-        if body == len(held):
-            return []
-        # Lines are read from the continuation's last line start, or from its start (a
-        # repeat of the current line may restart it). When the partial ends inside a line's
-        # indentation the model may repeat a line with its own indentation or with the rest.
-        newline = held.rfind("\n", 0, body)
-        self._line_mode = newline >= 0 or "\n" in tail
-        indent = tail[tail.rfind("\n") + 1 :] if newline < 0 and "\n" in tail else ""
-        probes = [_Probe(newline + 1, "", [])]
-        if indent:
-            probes.append(_Probe(0, indent, []))
+        start with. A restatement is glued to the partial: it starts at one of its words, or
+        at one of its lines (indentation included), right where the continuation starts. A
+        continuation opening with a separator the partial lacks goes on from it."""
+        held, core = self._held, self._core
+        first = held[0]
         floor = max(0, len(core) - self._limits.max_overlap_chars)
-        for lines in probes:
-            first = lines.text(held)[0]
-            at = core.find(first, floor)
-            while at != -1:
-                if (at == 0 or core[at - 1] == "\n") and not self._single_unspaced(at):
-                    lines.alive.append(at)
-                at = core.find(first, at + 1)
-        words = _Probe(body, "", [])
-        first = held[body]
+        repeats = []
         at = core.find(first, floor)
         while at != -1:
-            if self._word_repeat_start(at):
-                words.alive.append(at)
+            if self._repeat_start(at):
+                repeats.append(_Repeat(at, 0))
             at = core.find(first, at + 1)
-        # A restart from the top: read from the continuation's first non-space.
-        top = len(core) - len(core.lstrip())
-        if core[top] == first and top not in words.alive and not self._single_unspaced(top):
-            words.alive.insert(0, top)
-        self._restart, self._restart_probe = top, words
-        self._probes = [*probes, words]
-        return self._probes
+        top, body = self._top, self._body()
+        restart = next((r for r in repeats if r.start == top), None)
+        if restart is None and core[top] == held[body]:
+            # A restart from the top, read from the continuation's first non-space.
+            restart = _Repeat(top, body)
+            repeats.append(restart)
+        self._restart = restart
+        return repeats
+
+    def _repeat_start(self, at: int) -> bool:
+        """Whether a restatement of the partial may start at `at`."""
+        core = self._core
+        ch = core[at]
+        prev = core[at - 1] if at else "\n"
+        if prev == "\n":
+            return not self._single_unspaced(at)  # a line, read with its indentation
+        if ch.isspace() or at > self._last_alnum:
+            return False  # no letter or digit: a lone "|", ")" or "-" recurs naturally
+        if _unspaced(ch) or _unspaced(prev):
+            return not self._single_unspaced(at)
+        return prev.isspace()  # a word
 
     def _single_unspaced(self, at: int) -> bool:
         """A repeat of one CJK character: too often a natural double (谢谢) to drop."""
         return at == len(self._core) - 1 and _unspaced(self._core[at])
 
-    def _word_repeat_start(self, at: int) -> bool:
-        """Instruct: whether a repeat of the partial's tail may start at a word `at`."""
-        core = self._core
-        ch = core[at]
-        if at == 0 or core[at - 1] == "\n" or ch.isspace() or self._single_unspaced(at):
-            return False  # line starts are read with the line probe
-        if at > self._last_alnum:
-            return False  # no letter or digit: a lone "|", ")" or "-" recurs naturally
-        prev = core[at - 1]
-        if not (
-            prev.isspace() or _unspaced(ch) or _unspaced(prev) or (_word(ch) and not _word(prev))
-        ):
-            return False
-        if self._line_mode:
-            # On a new line the first word counts only with its indentation: "}" after
-            # "  }" is the next closing line, not a repeat.
-            line = core.rfind("\n", 0, at) + 1
-            return not core[line:at].isspace()
-        return True
-
-    def _advance(self, probe: _Probe, text: str) -> None:
-        core = self._core
-        done, n = probe.checked, len(text)
-        if n <= done:
-            return
-        alive = []
-        for start in probe.alive:
-            if n >= len(core) - start:
-                if text.startswith(core[start + done :], done):
-                    self._complete.append((start, probe))
-                    continue
-            elif core.startswith(text[done:], start + done):
-                alive.append(start)
+    def _advance(self, repeat: _Repeat) -> bool | None:
+        """Match more of `repeat`: True once it reaches the partial's end, False if the held
+        text departs from it, None if the held text runs out first. Instruct: a blank run
+        inside a line matches any blank run (models re-space what they restate)."""
+        core, held = self._core, self._held
+        ti, hi = repeat.ti, repeat.hi
+        n, m = len(core), len(held)
+        while True:
+            if repeat.blank:
+                while hi < m and held[hi] in _BLANKS:
+                    hi += 1
+                if hi == m:
+                    break
+                repeat.blank = False
+            if ti == n:
+                repeat.end = hi
+                return True
+            if hi == m:
+                break
+            ch = core[ti]
+            if self._instruct and ch in _BLANKS and not self._indentation(ti):
+                if held[hi] not in _BLANKS:
+                    return False
+                while core[ti] in _BLANKS:
+                    ti += 1
+                hi += 1
+                repeat.blank = True
                 continue
-            if start == self._restart and probe is self._restart_probe:
-                self._restart_match = text[: _common_prefix(text, core[start:])]
-        probe.alive = alive
-        probe.checked = n
+            if held[hi] != ch:
+                return False
+            ti += 1
+            hi += 1
+        repeat.ti, repeat.hi = ti, hi
+        return None
+
+    def _indentation(self, at: int) -> bool:
+        line = self._core.rfind("\n", 0, at) + 1
+        return not self._core[line:at].strip(_BLANKS)
 
     def _abandon(self, end: _End) -> None:
         """No more text will come to settle the repeats still matching: they are not."""
-        restart = self._restart_probe
-        if restart is not None and self._restart in restart.alive:
+        restart = self._restart
+        if restart is not None and restart.state is None:
             # The continuation re-emits the partial from the top and stops short of its end.
-            text = restart.text(self._held)
-            if self._instruct and self._diverged(text):
+            text = self._held[restart.at :]
+            if self._instruct and self._diverged(self._core[self._top : restart.ti]):
                 raise ContinuationDiverged(
                     "continuation restarted the answer and ended before reaching the point "
                     "where it was cut"
@@ -332,10 +363,11 @@ class ContinuationSplicer:
                     f"continuation echoes more than {len(text)} chars of the partial answer; "
                     "too long to hold back until the echo is complete"
                 )
-        for probe in self._probes or ():
-            probe.alive = []
+        for repeat in self._repeats or ():
+            if repeat.state is None:
+                repeat.state = False
 
-    def _accept(self, start: int, probe: _Probe, after: str | None) -> bool:
+    def _accept(self, repeat: _Repeat, after: str | None) -> bool:
         """Whether a repeat matched to the partial's end really ends there, given the
         continuation's next char (None: none)."""
         core = self._core
@@ -350,34 +382,118 @@ class ContinuationSplicer:
             return not _word(after) if _word(last) else after.isspace()
         if after is None:
             return True
-        repeat = core[start:]
-        if not any(ch.isalnum() for ch in repeat):
+        text = core[repeat.start :]
+        if not any(ch.isalnum() for ch in text):
             # Only symbols ("  }", "- ", "| ---"): natural text may go on with more of them
             # ("`" + "``python", "| --- " + "| --- |"). Whole lines, and a restart of the word
             # cut short ("    @" + "    @items"), are repeats; a run that may go on is not.
-            if "\n" in repeat or after in "\r\n" or after.isalnum():
+            if "\n" in text or after in "\r\n" or after.isalnum():
                 return True
-            if after == repeat[-1]:
+            if after == text[-1]:
                 return False
-            return not (after.isspace() and self._tail_ws and len(repeat.split()) > 1)
+            return not (after.isspace() and self._tail_ws and len(text.split()) > 1)
         if not (_word(last) and _word(after)):
             return True
-        # The repeat ends inside a longer word of the continuation ("the" + "ater").
-        if self._tail_ws:
-            return False  # the partial's last word was complete: this is another word
-        if probe.at == 0 and not probe.indent:
-            return True  # glued on: the model restarts the word it was cut in ("capi"+"tal")
-        return len(core[start:].split()) >= 2
+        # The repeat ends inside a longer word of the continuation ("the" + "ater"): the
+        # model restarts the word it was cut in ("capi" + "capital"), unless the partial's
+        # last word was complete.
+        return not self._tail_ws
 
     def _diverged(self, matched: str) -> bool:
         """Instruct: whether a restart re-emitted enough of the partial's start to be one."""
-        if not self._instruct:
-            return False
-        weight = len(matched) + sum(1 for ch in matched if _unspaced(ch))
-        if self._line_mode:
+        weight = _weight(matched)
+        if "\n" in self._tail_ws + self._held[: self._body()]:
             return weight >= self._limits.divergence_chars
         words = len(matched.split()) - (0 if matched[-1:].isspace() else 1)
         return weight >= self._limits.min_overlap_chars or words >= 2
+
+    # --- instruct: a continuation that repeats nothing ----------------------------------------
+
+    def _placed(self, end: _End) -> bool:
+        """Instruct, no repeat found: raise ContinuationDiverged if the continuation is a
+        new text rather than the rest of the partial; False to hold more of it first."""
+        self._check_restart()
+        held = self._held
+        if self._tail_ws or held[0].isspace():
+            return True  # after a separator any text may follow
+        first = held[0]
+        if not (first.isupper() or (_unspaced(first) and first.isalnum())):
+            return True
+        ended = end is not None
+        sentence, complete = _first_sentence(held, ended)
+        if not complete:
+            return False
+        last = self._core[-1]
+        if first.isupper() and (
+            last in _GLUE_PUNCTUATION
+            or (last.islower() and sentence[-1] in ".!?" and len(sentence.split()) <= 3)
+        ):
+            # "corner.Certainly." or "painterSure!": a new text glued where the partial
+            # needs a separator.
+            raise ContinuationDiverged(
+                f"continuation starts a new text ({sentence!r}) glued to the partial answer"
+            )
+        return self._check_reworded(sentence, ended)
+
+    def _check_restart(self) -> None:
+        """Raise if the continuation re-emits the partial's start (blanks aside) and then
+        departs from it: a restart that rewords or goes on differently."""
+        held, core = self._held, self._core
+        body = self._body()
+        theirs, ours = held[body:], core[self._top :]
+        i = j = 0
+        while i < len(theirs) and j < len(ours):
+            if theirs[i].isspace():
+                i += 1
+            elif ours[j].isspace():
+                j += 1
+            elif theirs[i] == ours[j]:
+                i += 1
+                j += 1
+            else:
+                break
+        if i == len(theirs) or j == len(ours):
+            return
+        matched = ours[:j]
+        mid_line = ours[j:].lstrip(_BLANKS)[:1] != "\n" and "\n" not in theirs[:i].rstrip()[-1:]
+        line_mode = "\n" in self._tail_ws + held[:body]
+        weight = _weight(matched)
+        if self._diverged(matched) or (
+            line_mode and mid_line and weight >= self._limits.min_overlap_chars
+        ):
+            raise ContinuationDiverged(
+                f"continuation restarted the answer ({matched[:40]!r}...) and then departed "
+                "from it"
+            )
+
+    def _check_reworded(self, sentence: str, ended: bool) -> bool:
+        """Raise if the continuation's first sentence (or the one after a short preamble:
+        "Sure! ...") rewords the partial's first sentence; False to hold more first."""
+        core = self._core
+        opening, complete = _first_sentence(core[self._top :], True)
+        if not complete or opening == core[self._top :] and not core.endswith(opening):
+            # The partial is inside its first sentence: compare what there is of both.
+            ours = "".join(core[self._top :].lower().split())
+            theirs = "".join(self._held.lower().split())[: len(ours) + 2]
+            matcher = difflib.SequenceMatcher(None, ours, theirs, autojunk=False)
+            if len(ours) >= 6 and matcher.ratio() >= 0.75:
+                raise ContinuationDiverged(
+                    f"continuation restarts the answer reworded ({sentence[:40]!r}...)"
+                )
+            return True
+        candidates = [sentence]
+        if len(_units(sentence)) <= 2:
+            rest = self._held[len(sentence) :]
+            second, done = _first_sentence(rest.lstrip(), ended)
+            if not done and len(rest) < len(opening) + 32:
+                return False
+            candidates.append(second)
+        for candidate in candidates:
+            if _reworded(opening, candidate) or candidate.strip() == opening:
+                raise ContinuationDiverged(
+                    f"continuation restarts the answer reworded ({candidate[:40]!r}...)"
+                )
+        return True
 
     def _seam(self, start: int, end: _End) -> int | None:
         """`start` plus the held whitespace from there that the partial already ends with
