@@ -44,7 +44,9 @@ async def _ask(socket_path: str) -> str:
     )
     try:
         stream = await client.chat.completions.create(
-            model="sim-1", messages=MESSAGES, stream=True  # type: ignore[arg-type]
+            model="sim-1",
+            messages=MESSAGES,
+            stream=True,  # type: ignore[arg-type]
         )
         async for _ in stream:
             pass
@@ -60,7 +62,10 @@ async def _run(sims: list[SimulatedUpstream], prepare: Callable[[], None]) -> st
             for i, s in enumerate(sims)
         ]
         cfg = build_config(
-            {"server": {"socket": str(Path(tmp) / "i.sock"), "metrics_addr": "off"}, "upstreams": ups}
+            {
+                "server": {"socket": str(Path(tmp) / "i.sock"), "metrics_addr": "off"},
+                "upstreams": ups,
+            }
         )
         async with running_daemon(cfg) as d:
             prepare()

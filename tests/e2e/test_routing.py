@@ -8,6 +8,7 @@ so each pattern runs in about a second.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,8 +46,8 @@ def two(primary: Any, fallback: Any, **extra: Any) -> list[dict[str, Any]]:
     ]
 
 
-async def _disconnected(sim: Any, timeout: float = 2.0) -> bool:
-    end = time.monotonic() + timeout
+async def _disconnected(sim: Any, within: float = 2.0) -> bool:
+    end = time.monotonic() + within
     while time.monotonic() < end:
         if sim.stats.client_disconnects:
             return True
@@ -284,7 +285,7 @@ async def test_a_persistent_429_without_retry_after_gets_few_calls(tmp_path: Pat
     in_first_minute = sum(1 for t in at if t - at[0] <= 60 * base)
     assert in_first_minute <= 12, (in_first_minute, calls, elapsed)
     # One request alone: its attempts spread out (1 + 2 + 4 + 8 "s" at least).
-    gaps = [b - a for a, b in zip(at, at[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(at)]
     assert max(gaps) >= 4 * base, gaps
 
 

@@ -1,10 +1,11 @@
 """Upstream timeouts without a timer per chunk, and only while intact waits for the upstream.
 
 A stream is abandoned when its first event does not arrive within ``first_token_timeout``
-(or by ``first_deadline``, the app's answer-start deadline), when the upstream goes silent for
-``stall_timeout`` after that, or when the request's deadline passes. The clocks run only while the reader is *armed*, i.e. awaiting the
-upstream: time the relay spends elsewhere (waiting for a slow app to take its bytes) is never
-upstream silence, and silence is measured from the moment reading resumes.
+(or by ``first_deadline``, the app's answer-start deadline), when the upstream goes silent
+for ``stall_timeout`` after that, or when the request's deadline passes. The clocks run only
+while the reader is *armed*, i.e. awaiting the upstream: time the relay spends elsewhere
+(waiting for a slow app to take its bytes) is never upstream silence, and silence is
+measured from the moment reading resumes.
 
 Re-arming a timer on every read would allocate a timer handle per token; instead each read
 stores the loop time and one timer re-arms itself lazily when it fires early. On expiry the
