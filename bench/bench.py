@@ -25,6 +25,7 @@ import math
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -139,16 +140,18 @@ def run_load(
     return result
 
 
-def settle(pids: Sequence[int | None], limit: float = 15.0) -> None:
-    """Wait until the relay and the simulator are idle again (at most ``limit`` s), so one
-    phase's tail is not charged to the next."""
+def settle(pids: Sequence[int | None], limit: float = 60.0) -> bool:
+    """Wait until the relays and the simulator are idle again (at most ``limit`` s), so one
+    phase's tail (a relay still draining streams its app left) is not charged to the next.
+    False if they were still busy when the limit passed."""
     deadline = time.monotonic() + limit
     live = [p for p in pids if p]
     while time.monotonic() < deadline:
         before = sum(tree_cpu_seconds(p) for p in live)
         time.sleep(0.3)
         if sum(tree_cpu_seconds(p) for p in live) - before < 0.3 * 0.05:
-            return
+            return True
+    return False
 
 
 def phase_lengths(wl: Workload, args: argparse.Namespace) -> tuple[int, float, float, float]:
@@ -277,7 +280,14 @@ class Bench:
                         n0 + own_after[1] - own_before[1],
                     )
                 print(f"  {path.name:<9} round {rnd + 1}: {self.line(r)}", flush=True)
-                settle([path.pid, self.sim.pid])
+                self.settle(f"{wl.name}, {path.name}")
+
+    def settle(self, after: str) -> None:
+        started = time.monotonic()
+        if not settle([p.pid for p in self.paths] + [self.sim.pid]):
+            self.notes.append(f"after {after} the processes were still busy a minute later")
+        elif time.monotonic() - started > 5:
+            print(f"  (waited {time.monotonic() - started:.0f} s for the processes to go idle)")
 
     def intact_recovery(self, path: RelayPath) -> tuple[float, int] | None:
         if isinstance(path, IntactDaemon):
@@ -330,7 +340,7 @@ class Bench:
                     )
                 except (RuntimeError, subprocess.TimeoutExpired) as exc:
                     self.notes.append(f"sweep {wl.name}, {path.name}: {exc}")
-                settle([path.pid, self.sim.pid])
+                self.settle(f"sweep {wl.name}, {path.name}")
             ref = measured.get(DIRECT)
             if ref is None:
                 break
@@ -365,28 +375,20 @@ class Bench:
         self.prime(wl)
         out = self.workdir / "profile.txt"
         ramp = max(0.2, wl.streams / self.args.ramp_rate)
-        spy = subprocess.Popen(
-            [
-                str(py_spy),
-                "record",
-                "--pid",
-                str(daemon.pid),
-                "--duration",
-                f"{seconds:g}",
-                "--rate",
-                "200",
-                "--format",
-                "raw",
-                "--nolineno",
-                "--nonblocking",
-                "--output",
-                str(out),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+        # --native shows C frames too (the cyclic GC, orjson, socket calls); it has to pause
+        # the process for each sample, so the profiled phase runs a little slower.
+        cmd = f"record --rate 200 --format raw --nolineno --native --duration {seconds:g}"
+        cmd += f" --pid {daemon.pid} --output {out}"
+        load = threading.Thread(
+            target=run_load,
+            args=(daemon, wl, self.sim),
+            kwargs={"ramp": ramp, "warmup": 1.0, "measure": seconds + 2, "tag": "prof"},
         )
-        run_load(daemon, wl, self.sim, ramp=ramp, warmup=0.0, measure=seconds + 2, tag="prof")
-        _, err = spy.communicate(timeout=60)
+        load.start()
+        time.sleep(ramp + 1.0)  # profile the steady state, not the ramp
+        spy = subprocess.run([str(py_spy), *cmd.split()], capture_output=True, timeout=120)
+        load.join()
+        err = spy.stderr
         if not out.exists():
             self.notes.append(f"profile failed: {err.decode()[-600:]}")
             return
@@ -485,7 +487,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--ramp-rate",
         type=float,
-        default=1000.0,
+        default=500.0,
         help="streams started per second while ramping up",
     )
     parser.add_argument(

@@ -32,6 +32,13 @@ class AppAccess:
         *,
         on_refused: OnRefused | None = None,
     ) -> None:
+        self._active: Counter[str] = Counter()
+        self._refused: dict[str, Counter[RefusalReason]] = {}
+        self._on_refused = on_refused
+        self.reconfigure(server, apps)
+
+    def reconfigure(self, server: ServerConfig, apps: Sequence[AppConfig]) -> None:
+        """Apply (new) access settings; streams in flight and the counts are kept."""
         self._allowed_uids = frozenset(server.allowed_uids)
         self._allowed_gids = frozenset(server.allowed_gids)
         self._open_to_all = not (self._allowed_uids or self._allowed_gids)
@@ -39,9 +46,8 @@ class AppAccess:
         self._app_of_uid = {uid: app.name for app in apps for uid in app.uids}
         self._limit = {app.name: app.max_concurrent_streams for app in apps}
         self.names: tuple[str, ...] = (*(app.name for app in apps), OTHER_APP)
-        self._active: Counter[str] = Counter()
-        self._refused: dict[str, Counter[RefusalReason]] = {name: Counter() for name in self.names}
-        self._on_refused = on_refused
+        for name in self.names:
+            self._refused.setdefault(name, Counter())
 
     def admits(self, peer: Peer | None) -> bool:
         if self._open_to_all:

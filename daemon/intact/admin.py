@@ -6,6 +6,7 @@ firewalled separately.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -22,6 +23,8 @@ from intact.telemetry.runtime import MetricsHandler
 ADMIN_RELAY: web.AppKey[Relay] = web.AppKey("admin_relay", Relay)
 ADMIN_ACCESS: web.AppKey[AppAccess] = web.AppKey("admin_access", AppAccess)
 ADMIN_CONNECTIONS: web.AppKey[ConnectionGate] = web.AppKey("admin_connections", ConnectionGate)
+Reload = Callable[[], Awaitable[bool]]
+ADMIN_RELOAD: web.AppKey[Reload] = web.AppKey("admin_reload")
 
 
 def public_url(url: str) -> str:
@@ -91,6 +94,7 @@ def build_admin_app(
     *,
     access: AppAccess | None = None,
     connections: ConnectionGate | None = None,
+    reload: Reload | None = None,
 ) -> web.Application:
     app = web.Application()
     app[ADMIN_RELAY] = relay
@@ -103,4 +107,14 @@ def build_admin_app(
     app.router.add_get("/debug/state", _debug_state)
     if metrics is not None:
         app.router.add_get("/metrics", metrics)
+    if reload is not None:
+        app[ADMIN_RELOAD] = reload
+        app.router.add_post("/admin/reload", _reload)
     return app
+
+
+async def _reload(request: web.Request) -> web.Response:
+    """Same as SIGHUP; 200 when the new config was applied, 400 when it was rejected."""
+    ok = await request.app[ADMIN_RELOAD]()
+    body = {"reloaded": ok} if ok else {"reloaded": False, "error": "see the daemon's log"}
+    return web.json_response(body, status=200 if ok else 400)

@@ -1,4 +1,4 @@
-"""Command line: `intact run | status | top | demo | simulate-upstream | chaos-proxy |
+"""Command line: `intact run | reload | status | top | demo | simulate-upstream | chaos-proxy |
 check-config | config-reference`."""
 
 from __future__ import annotations
@@ -175,6 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("status", "print a running daemon's state as JSON (from its admin listener)"),
         ("top", "show a running daemon live: streams, breakers, budgets, apps"),
+        ("reload", "make a running daemon re-read its config and API keys (as SIGHUP does)"),
     ):
         watch = sub.add_parser(name, help=help_text)
         watch.add_argument(
@@ -210,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
-        if args.command in ("status", "top"):
+        if args.command in ("status", "top", "reload"):
             return _watch(args)
         if args.command == "simulate-upstream":
             return _simulate(args)
@@ -242,22 +243,24 @@ def _run(args: argparse.Namespace) -> int:
     from intact.telemetry.runtime import start_telemetry
     from intact.unix_socket import SocketInUseError, UnsafeSocketDirError
 
-    cfg = resolve(
-        Overrides(
-            config=args.config,
-            socket=args.socket,
-            upstream=args.upstream,
-            api_key_env=args.api_key_env,
-            metrics_addr=args.metrics_addr,
-            resume=args.resume,
-        )
+    overrides = Overrides(
+        config=args.config,
+        socket=args.socket,
+        upstream=args.upstream,
+        api_key_env=args.api_key_env,
+        metrics_addr=args.metrics_addr,
+        resume=args.resume,
     )
+    cfg = resolve(overrides)
 
     async def _main() -> None:
         tel = start_telemetry(cfg)
         try:
             await serve_until_signalled(
-                cfg, telemetry=tel.telemetry, metrics_handler=tel.metrics_handler
+                cfg,
+                telemetry=tel.telemetry,
+                metrics_handler=tel.metrics_handler,
+                load_config=lambda: resolve(overrides),  # the same sources, read again
             )
         finally:
             tel.shutdown()
@@ -279,6 +282,12 @@ def _watch(args: argparse.Namespace) -> int:
 
     try:
         admin = args.admin or admin_url(resolve(Overrides(config=args.config)))
+        if args.command == "reload":
+            from intact.status import request_reload
+
+            ok, detail = request_reload(admin, timeout=args.timeout)
+            print(detail, file=sys.stdout if ok else sys.stderr)
+            return 0 if ok else 1
         if args.command == "status":
             status = build_status(admin, read_admin(admin, timeout=args.timeout))
             print(json.dumps(status, indent=2))

@@ -382,6 +382,11 @@ class UpstreamConfig:
     api_key_env: str = setting(
         "", "Name of the environment variable holding this upstream's API key."
     )
+    api_key_file: str = setting(
+        "",
+        "File holding this upstream's API key (e.g. a mounted Secret); read at start and on "
+        "every reload (SIGHUP), so a rotated key needs no restart. Wins over api_key_env.",
+    )
     models: tuple[str, ...] = setting((), "Models this upstream serves; empty = every model.")
     provider: str = setting(
         "openai", "gen_ai.provider.name reported in telemetry (openai, azure.ai.openai, ...)."

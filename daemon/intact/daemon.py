@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -21,7 +22,7 @@ from aiohttp import web
 from intact.access import AppAccess
 from intact.admin import build_admin_app
 from intact.clock import SYSTEM_CLOCK, Clock
-from intact.config import Config
+from intact.config import Config, ConfigError
 from intact.connections import ConnectionGate
 from intact.listener import build_app, read_timeout_reporter
 from intact.relay.engine import Relay, UpstreamRuntime
@@ -37,9 +38,26 @@ from intact.unix_socket import (
 
 log = structlog.get_logger("intact.daemon")
 
+# Seconds between looks at whether replaced upstreams are still used by requests in flight.
+RETIRE_POLL = 1.0
+
 # Pending connections the app socket queues before refusing; a burst of apps connecting at
 # once must not see resets (the kernel caps it at net.core.somaxconn).
 LISTEN_BACKLOG = 4096
+
+
+# Settings a reload cannot change in a running daemon: they shape listeners already open.
+RESTART_ONLY = (
+    ("server", "socket"),
+    ("server", "socket_mode"),
+    ("server", "metrics_addr"),
+    ("server", "max_connections_per_peer"),
+    ("server", "request_read_timeout"),
+    ("server", "idle_timeout"),
+    ("telemetry",),
+)
+
+ConfigLoader = Callable[[], Config]
 
 
 @dataclass
@@ -53,6 +71,75 @@ class RunningDaemon:
     runners: list[web.AppRunner] = field(default_factory=list)
     access: AppAccess | None = None
     connections: ConnectionGate | None = None
+    telemetry: Telemetry | None = None
+    clock: Clock = SYSTEM_CLOCK
+    environ: dict[str, str] | None = None
+    retiring: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def reload(self, load: ConfigLoader) -> bool:
+        """Re-read the config and the API keys. New requests use the new config; streams in
+        flight finish on the upstreams they started with. An invalid config is rejected and
+        logged, and the old one kept. An upstream whose settings did not change keeps its
+        breaker, budget and connection pool."""
+        try:
+            new = load()
+        except ConfigError as exc:
+            log.error("reload_rejected", error=str(exc))
+            return False
+        old = self.config
+        for path in RESTART_ONLY:
+            if _get(old, path) != _get(new, path):
+                log.warning("reload_needs_restart", setting=".".join(path))
+        telemetry = self.telemetry or NoTelemetry()
+        current = {u.name: u for u in self.relay.upstreams}
+        upstreams: list[UpstreamRuntime] = []
+        started: list[UpstreamRuntime] = []
+        for cfg in new.upstreams:
+            kept = current.get(cfg.name)
+            if kept is not None and kept.config == cfg:
+                kept.client.load_api_key()  # a rotated key (api_key_file) applies now
+                upstreams.append(kept)
+                continue
+            runtime = UpstreamRuntime.build(cfg, telemetry, clock=self.clock, environ=self.environ)
+            await runtime.client.start()
+            started.append(runtime)
+            upstreams.append(runtime)
+        self.relay.reconfigure(new, upstreams)
+        if self.access is not None:
+            self.access.reconfigure(new.server, new.apps)
+        self.config = new
+        replaced = [u for u in current.values() if u not in upstreams]
+        if replaced:
+            task = asyncio.get_running_loop().create_task(self._retire(replaced))
+            self.retiring.add(task)
+            task.add_done_callback(self.retiring.discard)
+        log.info(
+            "reloaded",
+            upstreams=[u.name for u in upstreams],
+            new=[u.name for u in started],
+            retired=[u.name for u in replaced],
+        )
+        return True
+
+    async def _retire(self, old: list[UpstreamRuntime]) -> None:
+        """Close replaced upstreams' sessions once no request in flight holds them."""
+        deadline = max(u.config.stream.total_timeout for u in old)
+        waited = 0.0
+        while waited < deadline:
+            in_use = self.relay.upstreams_in_use()
+            if not any(id(u) in in_use for u in old):
+                break
+            await asyncio.sleep(RETIRE_POLL)
+            waited += RETIRE_POLL
+        for u in old:
+            await u.client.close()
+
+
+def _get(config: Config, path: tuple[str, ...]) -> Any:
+    value: Any = config
+    for name in path:
+        value = getattr(value, name)
+    return value
 
 
 def split_host_port(addr: str) -> tuple[str, int]:
@@ -68,14 +155,16 @@ async def running_daemon(
     metrics_handler: MetricsHandler | None = None,
     clock: Clock = SYSTEM_CLOCK,
     environ: dict[str, str] | None = None,
+    load_config: ConfigLoader | None = None,
 ) -> AsyncIterator[RunningDaemon]:
-    """Start the daemon inside the current event loop; stop and clean up on exit."""
+    """Start the daemon inside the current event loop; stop and clean up on exit.
+    ``load_config`` enables reloads through the admin listener (POST /admin/reload)."""
     telemetry = telemetry or NoTelemetry()
     upstreams = [
         UpstreamRuntime.build(u, telemetry, clock=clock, environ=environ) for u in config.upstreams
     ]
     relay = Relay(config, upstreams, telemetry, clock=clock)
-    telemetry.observe_breakers(lambda: {u.name: u.breaker.state for u in upstreams})
+    telemetry.observe_breakers(lambda: {u.name: u.breaker.state for u in relay.upstreams})
     server = config.server
     access = AppAccess(
         server,
@@ -96,6 +185,18 @@ async def running_daemon(
     inode = socket_inode(path)
     runners: list[web.AppRunner] = []
     app_server: asyncio.Server | None = None
+    running = RunningDaemon(
+        config=config,
+        relay=relay,
+        socket_path=path,
+        admin_url=None,
+        runners=runners,
+        access=access,
+        connections=gate,
+        telemetry=telemetry,
+        clock=clock,
+        environ=environ,
+    )
     try:
         for up in upstreams:
             await up.client.start()
@@ -121,7 +222,13 @@ async def running_daemon(
         if config.server.metrics_addr != "off":
             host, port = split_host_port(config.server.metrics_addr)
             admin = web.AppRunner(
-                build_admin_app(relay, metrics_handler, access=access, connections=gate),
+                build_admin_app(
+                    relay,
+                    metrics_handler,
+                    access=access,
+                    connections=gate,
+                    reload=(lambda: running.reload(load_config)) if load_config else None,
+                ),
                 access_log=None,
             )
             await admin.setup()
@@ -133,23 +240,19 @@ async def running_daemon(
         log.info(
             "intact_started", socket=path, admin=admin_url, upstreams=[u.name for u in upstreams]
         )
-        yield RunningDaemon(
-            config=config,
-            relay=relay,
-            socket_path=path,
-            admin_url=admin_url,
-            runners=runners,
-            access=access,
-            connections=gate,
-        )
+        running.admin_url = admin_url
+        yield running
     finally:
         # Stop accepting, give in-flight streams drain_timeout, end the rest explicitly.
         if app_server is not None:
             app_server.close()
-        await relay.drain(config.server.drain_timeout)
+        await relay.drain(running.config.server.drain_timeout)
         for r in runners:
             await r.cleanup()
-        for up in upstreams:
+        for task in list(running.retiring):
+            task.cancel()
+        await asyncio.gather(*running.retiring, return_exceptions=True)
+        for up in {id(u): u for u in [*upstreams, *relay.upstreams]}.values():
             await up.client.close()
         sock.close()
         remove_socket_file(path, inode)
@@ -161,12 +264,33 @@ async def serve_until_signalled(
     *,
     telemetry: Telemetry | None = None,
     metrics_handler: MetricsHandler | None = None,
+    load_config: ConfigLoader | None = None,
 ) -> None:
-    """`intact run`: serve until SIGTERM or SIGINT, then drain and exit."""
+    """`intact run`: serve until SIGTERM or SIGINT, then drain and exit; reload on SIGHUP
+    (and on POST /admin/reload) when ``load_config`` is given."""
     stop = asyncio.Event()
+    hup = asyncio.Event()  # SIGHUP arrived; handled once the daemon is up
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running_daemon(config, telemetry=telemetry, metrics_handler=metrics_handler):
-        await stop.wait()
+    if load_config is not None:
+        loop.add_signal_handler(signal.SIGHUP, hup.set)
+    async with running_daemon(
+        config, telemetry=telemetry, metrics_handler=metrics_handler, load_config=load_config
+    ) as daemon:
+
+        async def reload_on_hup() -> None:
+            assert load_config is not None
+            while True:
+                await hup.wait()
+                hup.clear()
+                await daemon.reload(load_config)
+
+        reloader = loop.create_task(reload_on_hup()) if load_config is not None else None
+        try:
+            await stop.wait()
+        finally:
+            if reloader is not None:
+                reloader.cancel()
+                await asyncio.gather(reloader, return_exceptions=True)
         log.info("intact_draining", drain_timeout=config.server.drain_timeout)

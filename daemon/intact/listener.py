@@ -113,6 +113,11 @@ def _connection(request: web.Request) -> AppConnection | None:
     return request.app[GATE_KEY].connection(request.transport)
 
 
+def _peer(request: web.Request) -> Peer | None:
+    conn = _connection(request)
+    return conn.peer if conn is not None else None
+
+
 @web.middleware
 async def peer_access(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Refuse peers the access list does not allow (403) and connections over their peer's
@@ -158,8 +163,9 @@ def read_timeout_reporter(access: AppAccess) -> Callable[[AppConnection], None]:
 
     def report(conn: AppConnection) -> None:
         app = access.app_for(conn.peer, {})
-        access.refuse(app, RefusalReason.READ_TIMEOUT)
-        log.warning("app_refused", reason="read_timeout", app=app, **_peer_fields(conn.peer))
+        reason = RefusalReason.READ_TIMEOUT
+        access.refuse(app, reason)
+        log.warning("app_refused", reason=reason.value, app=app, **_peer_fields(conn.peer))
 
     return report
 
@@ -167,8 +173,7 @@ def read_timeout_reporter(access: AppAccess) -> Callable[[AppConnection], None]:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     relay = request.app[RELAY_KEY]
     access = request.app[ACCESS_KEY]
-    conn = _connection(request)
-    peer = conn.peer if conn is not None else None
+    peer = _peer(request)
     app = access.app_for(peer, request.headers)
     if relay.draining:
         return error_response(

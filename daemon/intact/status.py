@@ -68,6 +68,22 @@ def _get(url: str, timeout: float) -> tuple[int, bytes]:
         raise AdminUnreachable(f"cannot reach the intact admin listener at {url}: {exc}") from None
 
 
+def request_reload(admin: str, *, timeout: float = 10.0) -> tuple[bool, str]:
+    """POST /admin/reload: (applied, what to tell the person)."""
+    url = admin.rstrip("/") + "/admin/reload"
+    request = urllib.request.Request(url, method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            resp.read()
+            return True, "intact: reloaded"
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return False, f"intact reload: {url} not found (a daemon not started by `intact run`?)"
+        return False, "intact reload: the new config was rejected; the daemon's log says why"
+    except (OSError, ValueError) as exc:
+        raise AdminUnreachable(f"cannot reach the intact admin listener at {url}: {exc}") from None
+
+
 def read_admin(admin: str, *, timeout: float = 2.0) -> AdminReadings:
     base = admin.rstrip("/")
     status, body = _get(f"{base}/debug/state", timeout)

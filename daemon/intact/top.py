@@ -9,6 +9,7 @@ against its limit and what was refused.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -134,7 +135,8 @@ def _unreachable(admin: str, error: str) -> Panel:
 def run_top(admin: str, *, interval: float, once: bool, console: Console | None = None) -> int:
     """Show the daemon behind ``admin`` until Ctrl-C (or one frame with ``once``)."""
     if once:
-        console = console or Console(width=None if Console().is_terminal else ONCE_WIDTH)
+        fits = Console().is_terminal or "COLUMNS" in os.environ
+        console = console or Console(width=None if fits else ONCE_WIDTH)
         readings = read_admin(admin)  # AdminUnreachable: the caller reports it
         console.print(render(build_status(admin, readings), None))
         return 0

@@ -411,22 +411,6 @@ async def test_bad_upstream_input_is_classified_and_answered_explicitly(
     assert failed["outcome"] == "failed"
 
 
-async def test_endless_keepalives_mid_stream_end_in_an_explicit_error_at_the_deadline(
-    tmp_path: Path,
-) -> None:
-    async with bad_upstream() as up:
-        cfg = bad_config(tmp_path, up, stream={"total_timeout": 3.0})
-        async with observed(cfg) as (d, _):
-            status, code, elapsed = await outcome(d, "keepalive-mid")
-    assert (status, code) == (200, "deadline_exceeded")  # text reached the app: an event
-    assert elapsed < 3.0 + 1.0
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="SSE comments count as upstream progress: the stall clock re-arms on every read "
-    "(upstream/stream.py + watchdog.py), so only stream.total_timeout ends this stream",
-)
 async def test_endless_keepalives_mid_stream_count_as_a_stall(tmp_path: Path) -> None:
     async with bad_upstream() as up:
         cfg = bad_config(tmp_path, up, stream={"total_timeout": 5.0, "stall_timeout": 0.3})
@@ -447,7 +431,7 @@ def _fds() -> int:
 async def test_bad_input_leaves_no_fds_tasks_or_memory_behind(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rounds = int(os.environ.get("BAD_INPUT_ROUNDS", "3"))
+    rounds = int(os.environ.get("BAD_INPUT_ROUNDS", "4"))
     # Every request fails here: keep the breaker out of it, this is about what is left over.
     # No in-memory telemetry sinks here: they keep every span and log line by design.
     async with (
@@ -459,19 +443,23 @@ async def test_bad_input_leaves_no_fds_tasks_or_memory_behind(
             await outcome(d, model)
         gc.collect()
         before = (_rss_kib(), _fds(), len(asyncio.all_tasks()))
+        rss = []
         for _ in range(rounds):
             for model, expected, _kind, _bound in BAD_INPUT:
                 assert (await outcome(d, model))[:2] == expected
+            gc.collect()
+            rss.append(_rss_kib())
         await asyncio.sleep(0.2)  # let closed connections finish closing
-        gc.collect()
         after = (_rss_kib(), _fds(), len(asyncio.all_tasks()))
         assert await outcome(d, "good") == (200, None, pytest.approx(0, abs=5))
     with capsys.disabled():
         print(
-            f"\nbad input x{rounds} rounds of {len(BAD_INPUT)} cases: "
-            f"RSS {before[0]} -> {after[0]} KiB, fds {before[1]} -> {after[1]}, "
+            f"\nbad input, {rounds} rounds of {len(BAD_INPUT)} cases: RSS {before[0]} KiB, "
+            f"after each round {rss} KiB; fds {before[1]} -> {after[1]}; "
             f"tasks {before[2]} -> {after[2]}"
         )
     assert after[1] <= before[1] + 2  # no leaked sockets
     assert after[2] <= before[2]  # no leaked tasks
-    assert after[0] - before[0] < 16 * 1024  # flat: no more than allocator noise
+    # Flat: a leak of what one round handles (9 MiB lines, twice) would add up round after
+    # round; one 9 MiB buffer the allocator has not handed back yet is not a trend.
+    assert min(rss[-2:]) - rss[0] < 8 * 1024

@@ -72,43 +72,65 @@ def _weight(text: str) -> int:
 def _first_sentence(text: str, ended: bool) -> tuple[str, bool]:
     """The first sentence or line of `text`, and whether it is known to be complete."""
     for i, ch in enumerate(text):
-        if ch == "\n" and text[:i].strip() or ch in _CJK_STOPS:
+        if (ch == "\n" and text[:i].strip()) or ch in _CJK_STOPS:
             return text[: i + 1], True
         if ch in _STOPS and i + 1 < len(text) and text[i + 1].isspace():
             return text[: i + 1], True
     return text, ended
 
 
+def _lead(text: str, ended: bool) -> tuple[str, bool]:
+    """The first sentences of `text` on its first line, enough for four units, and whether
+    they are known to be complete."""
+    taken = 0
+    while True:
+        sentence, complete = _first_sentence(text[taken:], ended)
+        taken += len(sentence)
+        if not complete:
+            return text[:taken], False
+        if len(_units(text[:taken])) >= 4 or taken >= len(text) or "\n" in sentence:
+            return text[:taken], True
+        while taken < len(text) and text[taken] in _BLANKS:
+            taken += 1
+
+
+# English contractions, so that "here's" and "here is" compare as the same words.
+_CONTRACTIONS = {"s": "is", "re": "are", "ll": "will", "ve": "have", "m": "am", "d": "would"}
+
+
 def _units(text: str) -> list[str]:
-    """What two openings are compared by: lower-case words (split at apostrophes, so
-    "here's" keeps "here") and single CJK characters; punctuation and spaces skipped."""
+    """What two openings are compared by: lower-case words (contractions spelt out) and
+    single CJK characters; punctuation and spaces skipped."""
     units: list[str] = []
-    word = ""
-    for ch in text:
+    word, prev = "", ""
+    for ch in text + " ":
         if _word(ch):
+            if not word:
+                contracted = prev in "'’" and bool(units)
             word += ch.lower()
-            continue
-        if word:
-            units.append(word)
+        elif word:
+            units.append(_CONTRACTIONS.get(word, word) if contracted else word)
             word = ""
         if _unspaced(ch) and ch.isalnum():
             units.append(ch)
-    if word:
-        units.append(word)
+        prev = ch
     return units
 
 
 def _reworded(ours: str, theirs: str) -> bool:
     """Whether sentence `theirs` is `ours` reworded ("Here's the story." for "Here is the
-    story.") or cut short ("当然。" for "当然可以。")."""
+    story.", "Sure, here" for "Sure! Here") or cut short ("当然。" for "当然可以。")."""
     a, b = _units(ours), _units(theirs)
-    if not a or not b or a == b:
+    if not a or not b or ours.strip() == theirs.strip():
         return False
-    if len(b) < len(a) and a[: len(b)] == b:
-        return True
+    return a == b or (len(b) < len(a) and a[: len(b)] == b) or _alike(a, b)
+
+
+def _alike(a: list[str], b: list[str], ratio: float = 0.7) -> bool:
+    """Most units in common, in order (at least two)."""
     matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
     matched = sum(block.size for block in matcher.get_matching_blocks())
-    return matched >= 2 and matcher.ratio() >= 0.6
+    return matched >= 2 and matcher.ratio() >= ratio
 
 
 class ContinuationDiverged(Exception):
@@ -250,17 +272,22 @@ class ContinuationSplicer:
                 return None
             self._abandon(end)
         held = self._held
-        for repeat in sorted(repeats, key=lambda r: r.start):  # longest first
-            if not repeat.state:
-                continue
-            after = held[repeat.end] if repeat.end < len(held) else None
-            if after is None and end is None:
-                return None  # whether it ends at a word boundary is not known yet
-            if self._accept(repeat, after):
-                return self._seam(repeat.end, end)
-        if self._instruct and not self._placed(end):
-            return None
-        return self._seam(0, end)
+        done = sorted((repeat for repeat in repeats if repeat.state), key=lambda r: r.start)
+        if end is None and any(repeat.end == len(held) for repeat in done):
+            return None  # whether a repeat ends at a word boundary is not known yet
+        if self._instruct and done:
+            cut = self._table_row([0] + [repeat.end for repeat in done], end)
+            if cut != -1:
+                return None if cut is None else self._seam(cut, end)
+        accepted = [
+            repeat
+            for repeat in done  # longest first
+            if self._accept(repeat, held[repeat.end] if repeat.end < len(held) else None)
+        ]
+        if not self._instruct:
+            return self._seam(accepted[0].end if accepted else 0, end)
+        cut = self._chosen(accepted, end)
+        return None if cut is None else self._seam(cut, end)
 
     def _body(self) -> int:
         """Where the held text's first non-space is (its length if none)."""
@@ -295,16 +322,23 @@ class ContinuationSplicer:
         ch = core[at]
         prev = core[at - 1] if at else "\n"
         if prev == "\n":
-            return not self._single_unspaced(at)  # a line, read with its indentation
-        if ch.isspace() or at > self._last_alnum:
-            return False  # no letter or digit: a lone "|", ")" or "-" recurs naturally
+            return True  # a line, read with its indentation
+        if ch.isspace():
+            return False
         if _unspaced(ch) or _unspaced(prev):
-            return not self._single_unspaced(at)
-        return prev.isspace()  # a word
+            return True
+        return prev.isspace()  # a word ("|", "]," and "{" are words too)
 
-    def _single_unspaced(self, at: int) -> bool:
-        """A repeat of one CJK character: too often a natural double (谢谢) to drop."""
-        return at == len(self._core) - 1 and _unspaced(self._core[at])
+    def _reduplication(self, start: int) -> bool:
+        """Whether a restatement from `start` is one or two CJK characters inside a clause
+        (or the whole partial): just what natural reduplication looks like at the cut
+        (看|看, いろ|いろ)."""
+        core = self._core
+        text = core[start:]
+        if len(text) > 2 or not all(_unspaced(ch) and ch.isalnum() for ch in text):
+            return False
+        prev = core[start - 1] if start > self._top else ""
+        return not prev or (_unspaced(prev) and prev.isalnum())
 
     def _advance(self, repeat: _Repeat) -> bool | None:
         """Match more of `repeat`: True once it reaches the partial's end, False if the held
@@ -384,14 +418,12 @@ class ContinuationSplicer:
             return True
         text = core[repeat.start :]
         if not any(ch.isalnum() for ch in text):
-            # Only symbols ("  }", "- ", "| ---"): natural text may go on with more of them
-            # ("`" + "``python", "| --- " + "| --- |"). Whole lines, and a restart of the word
-            # cut short ("    @" + "    @items"), are repeats; a run that may go on is not.
-            if "\n" in text or after in "\r\n" or after.isalnum():
-                return True
-            if after == text[-1]:
-                return False
-            return not (after.isspace() and self._tail_ws and len(text.split()) > 1)
+            # Only symbols ("  }", "- ", "|", "],"): natural text may go on with more of them
+            # ("`" + "``python", "|---|---" + "|---|"). Symbols restated across a line end
+            # ("|\n|---" + "|---|") or up to a space ("| - |" + " 4 |"), and a restart of
+            # the word cut short ("    @" + "    @items"), are repeats; a run that may go on
+            # is not.
+            return "\n" in text or after.isspace() or after.isalnum()
         if not (_word(last) and _word(after)):
             return True
         # The repeat ends inside a longer word of the continuation ("the" + "ater"): the
@@ -407,37 +439,94 @@ class ContinuationSplicer:
         words = len(matched.split()) - (0 if matched[-1:].isspace() else 1)
         return weight >= self._limits.min_overlap_chars or words >= 2
 
-    # --- instruct: a continuation that repeats nothing ----------------------------------------
+    # --- instruct: which repeat, or none ----------------------------------------------------
 
-    def _placed(self, end: _End) -> bool:
-        """Instruct, no repeat found: raise ContinuationDiverged if the continuation is a
-        new text rather than the rest of the partial; False to hold more of it first."""
-        self._check_restart()
-        held = self._held
-        if self._tail_ws or held[0].isspace():
-            return True  # after a separator any text may follow
-        first = held[0]
-        if not (first.isupper() or (_unspaced(first) and first.isalnum())):
-            return True
-        ended = end is not None
-        sentence, complete = _first_sentence(held, ended)
-        if not complete:
-            return False
-        last = self._core[-1]
-        if first.isupper() and (
-            last in _GLUE_PUNCTUATION
-            or (last.islower() and sentence[-1] in ".!?" and len(sentence.split()) <= 3)
-        ):
-            # "corner.Certainly." or "painterSure!": a new text glued where the partial
-            # needs a separator.
+    def _chosen(self, accepted: list[_Repeat], end: _End) -> int | None:
+        """Instruct: how many held chars to drop given the repeats found (longest first),
+        None to hold more first; raise ContinuationDiverged if the continuation cannot be
+        placed."""
+        held, core = self._held, self._core
+        taken, matched = self._restart_match()
+        longest = accepted[0].end if accepted else 0
+        if taken > longest:
+            # The continuation re-emits more of the partial's start, blanks aside ("{ " for
+            # "{\n"), than of its tail: a restart, unless that is too little to tell.
+            if len(matched) == len(core) - self._top:
+                if _weight(matched) < 2:
+                    return longest
+                # All of the partial again, its lines laid out differently: reworded.
+                raise ContinuationDiverged(
+                    f"continuation restarted the answer laid out differently ({held[:40]!r}...)"
+                )
+            if taken == len(held) and end is None:
+                return None
+            if self._is_restart(matched):
+                raise ContinuationDiverged(
+                    f"continuation restarted the answer ({matched[:40]!r}...) and then "
+                    + ("ended before the cut" if taken == len(held) else "departed from it")
+                )
+        if not accepted:
+            return self._unrepeated(end)
+        start = accepted[0].start
+        if self._reduplication(start):
+            # 看 + 看看信号 restates 看 before the text's own 看看 (as 看看 + 看信号 does).
+            # 看 + 看信号 may restate it or
+            # be the second half of 看看: the partial itself may show which (it wrote 看看
+            # before, never 地看信); if not, another try may settle it.
+            text, following = core[start:], held[longest : longest + 1]
+            if (len(held) < longest + len(text) and end is None) or self._unrepeated(end) is None:
+                return None  # ("好，下面是…" after "…好好" is a reworded restart)
+            if held.startswith(text, longest) or core.endswith(text + text):
+                return longest  # else the double and the restated half make a triple
+            before = core[start - 1 : start] if start > self._top else ""
+            doubled = text + text in core
+            restated = before + text + following in core
+            if doubled != restated:
+                return 0 if doubled else longest
             raise ContinuationDiverged(
-                f"continuation starts a new text ({sentence!r}) glued to the partial answer"
+                f"continuation starts with {text!r} again, which may restate the partial's "
+                "last characters or double them (看|看): cannot tell"
             )
-        return self._check_reworded(sentence, ended)
+        if "\n" in core[accepted[0].start : accepted[-1].start]:
+            # "| a |\n| a |" + "| a |\n| a |\n...": the partial repeats itself where the
+            # continuation restates it, so how much it restates is anyone's guess.
+            raise ContinuationDiverged(
+                "continuation restates the partial's last lines, which repeat themselves: "
+                "cannot tell how many"
+            )
+        return longest
 
-    def _check_restart(self) -> None:
-        """Raise if the continuation re-emits the partial's start (blanks aside) and then
-        departs from it: a restart that rewords or goes on differently."""
+    def _table_row(self, cuts: list[int], end: _End) -> int | None:
+        """Inside a Markdown table row, the one of `cuts` that gives the row as many cells
+        as the table's header ("| 2 | 0 |" + "| 0 |" restates "|", not "| 0 |"): None to
+        hold until the row ends, -1 if that does not settle it."""
+        core, held = self._core, self._held
+        start = core.rfind("\n") + 1
+        row = core[start:]
+        if not row.startswith("|") or "\n" in self._tail_ws:
+            return -1
+        header = -1
+        for line in reversed(core[:start].split("\n")[:-1]):
+            if not line.startswith("|"):
+                break
+            header = line.rstrip().count("|") - 1
+        if header < 1:
+            return -1
+        fits = set()
+        for cut in cuts:
+            rest = held[cut:]
+            stop = rest.find("\n")
+            if stop < 0:
+                if end is None:
+                    return None
+                stop = len(rest)
+            if (row + rest[:stop]).rstrip().count("|") - 1 == header:
+                fits.add(cut)
+        return fits.pop() if len(fits) == 1 else -1
+
+    def _restart_match(self) -> tuple[int, str]:
+        """How far the held text re-emits the partial from its top, blanks aside: the held
+        chars it takes, and the partial's text they match."""
         held, core = self._held, self._core
         body = self._body()
         theirs, ours = held[body:], core[self._top :]
@@ -452,46 +541,92 @@ class ContinuationSplicer:
                 j += 1
             else:
                 break
-        if i == len(theirs) or j == len(ours):
-            return
-        matched = ours[:j]
-        mid_line = ours[j:].lstrip(_BLANKS)[:1] != "\n" and "\n" not in theirs[:i].rstrip()[-1:]
-        line_mode = "\n" in self._tail_ws + held[:body]
-        weight = _weight(matched)
-        if self._diverged(matched) or (
-            line_mode and mid_line and weight >= self._limits.min_overlap_chars
-        ):
-            raise ContinuationDiverged(
-                f"continuation restarted the answer ({matched[:40]!r}...) and then departed "
-                "from it"
-            )
+        return body + i, ours[:j]
 
-    def _check_reworded(self, sentence: str, ended: bool) -> bool:
-        """Raise if the continuation's first sentence (or the one after a short preamble:
-        "Sure! ...") rewords the partial's first sentence; False to hold more first."""
-        core = self._core
-        opening, complete = _first_sentence(core[self._top :], True)
-        if not complete or opening == core[self._top :] and not core.endswith(opening):
+    def _is_restart(self, matched: str) -> bool:
+        """Whether re-emitting `matched` of the partial's start makes the continuation a
+        restart. On a new line it must be a lot (lists and code start lines alike), unless
+        it departs inside a line ('{ "topic": "b"' after '{\n  "topic": "a"')."""
+        if self._diverged(matched):
+            return True
+        line_mode = "\n" in self._tail_ws + self._held[: self._body()]
+        mid_line = "\n" not in matched[len(matched.rstrip()) :]
+        return line_mode and mid_line and _weight(matched) >= self._limits.min_overlap_chars
+
+    def _unrepeated(self, end: _End) -> int | None:
+        """Instruct, no repeat: 0 (the text goes on from the cut), None to hold more of it
+        first, or raise ContinuationDiverged if it is a new text, not the partial's rest."""
+        held = self._held
+        first = held[0]
+        if not (first.isupper() or (_unspaced(first) and first.isalnum())):
+            return 0  # after a separator, inside a word, or symbols: the text goes on
+        opening, opened = self._opening()
+        ended = end is not None or len(held) > len(opening) + 64
+        sentence, complete = _first_sentence(held, ended)
+        if not complete:
+            return None
+        last = self._core[-1]
+        if (
+            not self._tail_ws
+            and first.isupper()
+            and (
+                last in _GLUE_PUNCTUATION
+                or (
+                    last.islower()
+                    and (not opened or (sentence[-1] in ".!?" and len(sentence.split()) <= 3))
+                )
+            )
+        ):
+            # "corner.Certainly." or "painterSure!": a new text glued where the partial
+            # needs a separator.
+            raise ContinuationDiverged(
+                f"continuation starts a new text ({sentence!r}) glued to the partial answer"
+            )
+        return 0 if self._new_opening(opening, opened, sentence, ended) else None
+
+    def _opening(self) -> tuple[str, bool]:
+        """The partial's first sentence, and whether the partial goes beyond it."""
+        text = self._core[self._top :]
+        opening, complete = _first_sentence(text, False)
+        return opening, complete or text[-1] in _STOPS + _CJK_STOPS
+
+    def _new_opening(self, opening: str, opened: bool, sentence: str, ended: bool) -> bool:
+        """Raise if the continuation's first sentence rewords the partial's first one (a
+        paraphrased restart: "Here's the story." after "Here is the story.", "当然。" after
+        "当然可以。", "Sure! " before it); False to hold more of it first."""
+        held = self._held
+        if not opened:
             # The partial is inside its first sentence: compare what there is of both.
-            ours = "".join(core[self._top :].lower().split())
-            theirs = "".join(self._held.lower().split())[: len(ours) + 2]
-            matcher = difflib.SequenceMatcher(None, ours, theirs, autojunk=False)
-            if len(ours) >= 6 and matcher.ratio() >= 0.75:
+            ours = "".join(opening.lower().split())
+            theirs = "".join(held.lower().split())[: len(ours) + 2]
+            chars = difflib.SequenceMatcher(None, ours, theirs, autojunk=False).ratio()
+            units, said = _units(opening), _units(sentence)
+            if (
+                (len(ours) >= 6 and chars >= 0.75)
+                or _alike(
+                    units, _units(held)[: len(units) + 1], 0.5 if held[0] == opening[0] else 0.7
+                )
+                or (sentence[-1:] in _STOPS + _CJK_STOPS and said == units[: len(said)] != units)
+            ):
                 raise ContinuationDiverged(
                     f"continuation restarts the answer reworded ({sentence[:40]!r}...)"
                 )
             return True
-        candidates = [sentence]
-        if len(_units(sentence)) <= 2:
-            rest = self._held[len(sentence) :]
-            second, done = _first_sentence(rest.lstrip(), ended)
-            if not done and len(rest) < len(opening) + 32:
+        if sentence.strip() == opening.strip() or _reworded(opening, sentence):
+            raise ContinuationDiverged(
+                f"continuation restarts the answer reworded ({sentence[:40]!r}...)"
+            )
+        if min(len(_units(opening)), len(_units(sentence))) <= 2:
+            # Openings of a word or two ("Sure!", "Of course.") are judged with what follows.
+            theirs, done = _lead(held, ended)
+            if not done:
                 return False
-            candidates.append(second)
-        for candidate in candidates:
-            if _reworded(opening, candidate) or candidate.strip() == opening:
+            mine = _units(_lead(self._core[self._top :], True)[0])
+            units = _units(theirs)
+            size = min(len(mine), len(units))
+            if _alike(mine[:size], units[:size]):
                 raise ContinuationDiverged(
-                    f"continuation restarts the answer reworded ({candidate[:40]!r}...)"
+                    f"continuation restarts the answer reworded ({theirs[:40]!r}...)"
                 )
         return True
 

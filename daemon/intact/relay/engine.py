@@ -118,6 +118,18 @@ class Relay:
         """App requests being served now."""
         return len(self._runs)
 
+    def reconfigure(self, config: Config, upstreams: Sequence[UpstreamRuntime]) -> None:
+        """A reload: new requests use ``config`` and ``upstreams``; requests in flight keep
+        the upstreams they hold and finish on them."""
+        self.config = config
+        self.upstreams = list(upstreams)
+        self._by_name = {u.name: u for u in self.upstreams}
+        self._routes = {r.model: r for r in config.routes}
+
+    def upstreams_in_use(self) -> set[int]:
+        """ids of the upstream runtimes that requests in flight hold."""
+        return {id(t.upstream) for run in self._runs for t in run.plan.ups}
+
     def candidates(self, model: str) -> list[Target]:
         """Where a request for ``model`` may go, in order: its route's targets, else every
         upstream that serves the model (asked for it unchanged)."""

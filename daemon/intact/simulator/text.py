@@ -482,15 +482,21 @@ def _tail_start(partial: str, kind: str, rng: random.Random, max_words: int) -> 
             start = partial.rfind("\n", 0, start - 1) + 1
         return start
     if kind == "cjk":
-        return len(partial) - rng.randint(1, min(MAX_REPEAT_CHARS, len(partial)))
+        start = len(partial) - rng.randint(1, min(MAX_REPEAT_CHARS, len(partial)))
+        # It restates characters, not the line break before them: a reply does not open
+        # with a blank line.
+        while start < len(partial) - 1 and partial[start].isspace():
+            start += 1
+        return start
     starts = [0] + [m.end() for m in re.finditer(r"\s+", partial) if m.end() < len(partial)]
     words = rng.randint(1, max(1, max_words))
     return starts[max(0, len(starts) - words)]
 
 
 def _vary_whitespace(text: str, rng: random.Random) -> str:
-    """Alter whitespace runs the way re-tokenisation does: paragraph breaks flatten, spaces
-    double."""
+    """Alter whitespace runs the way re-tokenisation does: spaces within a line double.
+    Line breaks are kept: a model restating its last words reproduces the text's lines (a
+    table row, a JSON member, a paragraph break) as it reproduces its words."""
     runs = list(re.finditer(r"\s+", text))
     if not runs:
         return text
@@ -499,8 +505,8 @@ def _vary_whitespace(text: str, rng: random.Random) -> str:
     for i, run in enumerate(runs):
         pieces.append(text[last : run.start()])
         whitespace = run.group()
-        if i in chosen:
-            whitespace = " " if "\n" in whitespace else whitespace + " "
+        if i in chosen and "\n" not in whitespace:
+            whitespace += " "
         pieces.append(whitespace)
         last = run.end()
     pieces.append(text[last:])

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+import structlog
 
 from intact import __version__
 from intact.config import UpstreamConfig
@@ -25,14 +26,17 @@ from intact.telemetry.api import UpstreamInfo
 MAX_ERROR_BODY = 64 * 1024
 USER_AGENT = f"intact/{__version__}"
 
+log = structlog.get_logger("intact.upstream")
+
 
 class UpstreamClient:
     """HTTP client for one OpenAI-compatible upstream."""
 
     def __init__(self, config: UpstreamConfig, *, environ: dict[str, str] | None = None) -> None:
         self.config = config
-        env = os.environ if environ is None else environ
-        self._api_key = env.get(config.api_key_env, "") if config.api_key_env else ""
+        self._environ = os.environ if environ is None else environ
+        self._api_key = ""
+        self.load_api_key()
         self._session: aiohttp.ClientSession | None = None
         self._base = config.base_url.rstrip("/")
         parts = urlsplit(self._base)
@@ -47,6 +51,20 @@ class UpstreamClient:
     @property
     def has_api_key(self) -> bool:
         return bool(self._api_key)
+
+    def load_api_key(self) -> None:
+        """(Re-)read the key: from ``api_key_file`` if set, else ``api_key_env``. A file
+        that cannot be read keeps the key already loaded (and says so, without the key)."""
+        config = self.config
+        if config.api_key_file:
+            try:
+                with open(config.api_key_file, encoding="utf-8") as fh:
+                    self._api_key = fh.read().strip()
+            except OSError as exc:
+                log.warning("api_key_file_unreadable", upstream=config.name, error=exc.strerror)
+            return
+        env = self._environ
+        self._api_key = env.get(config.api_key_env, "") if config.api_key_env else ""
 
     async def start(self) -> None:
         """Create the session; must run inside the daemon's event loop."""

@@ -139,7 +139,10 @@ class UpstreamStream:
             if not isinstance(obj, dict):
                 raise classify.protocol_error("event data is not a JSON object")
             batch.append((obj, raw))
-        if batch and not self.got_first:
-            self.got_first = True
-            wd.first_event()
+        if batch:
+            if self.got_first:
+                wd.progress()
+            else:
+                self.got_first = True
+                wd.first_event()
         return batch

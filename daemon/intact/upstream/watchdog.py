@@ -4,8 +4,9 @@ A stream is abandoned when its first event does not arrive within ``first_token_
 (or by ``first_deadline``, the app's answer-start deadline), when the upstream goes silent
 for ``stall_timeout`` after that, or when the request's deadline passes. The clocks run only
 while the reader is *armed*, i.e. awaiting the upstream: time the relay spends elsewhere
-(waiting for a slow app to take its bytes) is never upstream silence, and silence is
-measured from the moment reading resumes.
+(waiting for a slow app to take its bytes) is never upstream silence. Silence is the time
+since the last *event*: SSE comments and keep-alives keep a connection open but are not
+progress, so an upstream that only pings mid-stream is a stall.
 
 Re-arming a timer on every read would allocate a timer handle per token; instead each read
 stores the loop time and one timer re-arms itself lazily when it fires early. On expiry the
@@ -29,6 +30,7 @@ class Watchdog:
         "_armed",
         "_cancelling",
         "_deadline",
+        "_disarmed_at",
         "_first",
         "_first_deadline",
         "_got_first",
@@ -59,6 +61,7 @@ class Watchdog:
         self._start = self._last = self._loop.time()
         self._got_first = False
         self._armed = False
+        self._disarmed_at: float | None = None
         self._task: asyncio.Task[object] | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._cancelling = 0
@@ -85,18 +88,27 @@ class Watchdog:
             self._task = task
         self._cancelling = task.cancelling()
         self._armed = True
-        self._last = self._loop.time()
+        if self._disarmed_at is not None:
+            # Time spent away from the upstream (e.g. waiting for a slow app) is not silence.
+            self._last += self._loop.time() - self._disarmed_at
+            self._disarmed_at = None
         if self._handle is None:
             self._handle = self._loop.call_at(self._due()[0], self._fire)
 
     def disarm(self) -> None:
         """The await returned: the relay is busy with what the upstream sent."""
         self._armed = False
+        self._disarmed_at = self._loop.time()
+
+    def progress(self) -> None:
+        """An event arrived (comments and keep-alives do not count)."""
+        self._last = self._loop.time()
 
     def first_event(self) -> None:
-        """From now on silence is measured from the last read (stall_timeout), which may be
+        """From now on silence is measured from the last event (stall_timeout), which may be
         due sooner than the first-token deadline the timer is armed for."""
         self._got_first = True
+        self._last = self._loop.time()
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
