@@ -12,7 +12,7 @@ import os
 import re
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -30,6 +30,67 @@ class ConfigError(ValueError):
     """A configuration problem, worded for the person who has to fix it."""
 
 
+class StringTable(Mapping[str, str]):
+    """An immutable table of string keys to string values (a TOML table such as an
+    upstream's ``headers``); hashable and comparable, like the rest of the config."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
+        self._items: dict[str, str] = dict(items)
+
+    def __getitem__(self, key: str) -> str:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._items.items()))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return self._items == dict(other.items())
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"StringTable({self._items!r})"
+
+
+# An HTTP header name (RFC 9110 token).
+HEADER_NAME = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+# Headers an app never has forwarded by name: its credentials (only `forward_api_key`
+# passes them on) and intact's own request headers.
+CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "proxy-authorization"})
+# Hop-by-hop and framing headers: they belong to one connection, never copied across.
+HOP_BY_HOP_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+    }
+)
+# The providers' organisation, project, API version and beta-feature headers, and the
+# app's own request id (OpenAI echoes X-Client-Request-Id in its logs).
+DEFAULT_FORWARD_HEADERS = (
+    "OpenAI-Organization",
+    "OpenAI-Project",
+    "OpenAI-Beta",
+    "X-Client-Request-Id",
+    "anthropic-version",
+    "anthropic-beta",
+)
+
+
 def setting(
     default: Any,
     doc: str,
@@ -40,9 +101,11 @@ def setting(
     pattern: str | None = None,
     shown: str | None = None,
     off: bool = False,
+    redacted: bool = False,
 ) -> Any:
     """Declare a config key with its default, its meaning and its allowed range; ``shown``
-    describes a default that the config resolves from other keys."""
+    describes a default that the config resolves from other keys; ``redacted`` values (a
+    table's values) may hold secrets and are never shown."""
     meta = {
         "doc": doc,
         "ge": ge,
@@ -51,6 +114,7 @@ def setting(
         "pattern": pattern,
         "shown": shown,
         "off": off,
+        "redacted": redacted,
     }
     if isinstance(default, list | dict):
         raise TypeError("use tuples for sequence defaults")
@@ -132,6 +196,13 @@ class ServerConfig:
         False,
         "Let an `intact-app: <name>` request header choose the [[apps]] entry (any peer "
         "may then claim any app); otherwise the app is chosen by the peer's uid.",
+    )
+    forward_headers: tuple[str, ...] = setting(
+        DEFAULT_FORWARD_HEADERS,
+        "App request headers passed on to the upstream (case-insensitive), on every route; "
+        "any other app header is dropped. Credentials (Authorization, x-api-key, api-key) "
+        "cannot be listed: see the upstream's forward_api_key.",
+        pattern=HEADER_NAME,
     )
 
 
@@ -408,6 +479,32 @@ class UpstreamConfig:
     max_queued: int = setting(
         64, "Requests allowed to wait for a stream slot; more get HTTP 503 at once.", ge=0
     )
+    headers: StringTable = setting(
+        StringTable(),
+        "Extra HTTP headers sent with every request to this upstream, e.g. "
+        '`{ "X-Route" = "eu" }`; they win over forwarded app headers. Values are shown '
+        "redacted by check-config and /debug/state.",
+        pattern=HEADER_NAME,
+        redacted=True,
+    )
+    query: StringTable = setting(
+        StringTable(),
+        "Query parameters added to every request URL of this upstream, e.g. Azure OpenAI's "
+        '`{ "api-version" = "2024-10-21" }`; they win over the app\'s own.',
+        pattern=r"[^\s&=#]+",
+    )
+    forward_api_key: bool = setting(
+        False,
+        "Pass the app's own credentials (Authorization, x-api-key, api-key headers) to this "
+        "upstream instead of intact's key; off, an app's credentials never leave intact.",
+    )
+    api_key_header: str = setting(
+        "Authorization",
+        "Header that carries intact's API key for this upstream: Authorization sends "
+        "`Bearer <key>`, any other name (Azure OpenAI's api-key, Anthropic's x-api-key) the "
+        "key alone.",
+        pattern=HEADER_NAME,
+    )
     retry: RetryConfig = field(default_factory=RetryConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
@@ -564,6 +661,8 @@ def _describe_type(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     if origin is tuple:
         return "a list of integers" if get_args(tp)[0] is int else "a list of strings"
+    if tp is StringTable:
+        return "a table of strings"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
         tp, str(tp)
     )
@@ -585,7 +684,15 @@ def _check_value(key: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
             return tuple(_check_value(f"{key}[{i}]", v, int, meta) for i, v in enumerate(value))
         if not all(isinstance(v, str) for v in value):
             raise bad
+        pattern = meta.get("pattern")
+        for i, item in enumerate(value):
+            if pattern and not re.fullmatch(pattern, item):
+                raise ConfigError(
+                    f"{key}[{i}] = {item!r} is not allowed: expected a string matching {pattern}"
+                )
         return tuple(value)
+    if tp is StringTable:
+        return _check_table(key, value, meta.get("pattern"), bad)
     if tp is bool:
         if not isinstance(value, bool):
             raise bad
@@ -619,6 +726,29 @@ def _check_value(key: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
                 f"{key} = {value!r} is not allowed: expected {allowed} {word} {limit}"
             )
     return value
+
+
+# Control characters would split a header line or a query string.
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_table(key: str, value: Any, pattern: str | None, bad: ConfigError) -> StringTable:
+    """A table of strings: names matching ``pattern``, values without control characters."""
+    if not isinstance(value, Mapping):
+        raise bad
+    for name, item in value.items():
+        if pattern and not re.fullmatch(pattern, name):
+            raise ConfigError(
+                f"{key}: name {name!r} is not allowed: expected a name matching {pattern}"
+            )
+        if not isinstance(item, str):
+            raise ConfigError(f"{key}.{name} = {item!r} is not allowed: expected a string")
+        if _CONTROL_CHARS.search(item):
+            raise ConfigError(
+                f"{key}.{name} = {item!r} is not allowed: expected a string without "
+                "control characters"
+            )
+    return StringTable(value)
 
 
 def _build(cls: type[Any], raw: Mapping[str, Any], prefix: str) -> Any:
@@ -658,6 +788,7 @@ def build_config(raw: Mapping[str, Any]) -> Config:
         if key not in top_allowed:
             raise ConfigError(f"unknown key {key} (allowed keys: {', '.join(sorted(top_allowed))})")
     sections = {name: _build(cls, raw.get(name, {}), f"{name}.") for name, cls in _SECTIONS.items()}
+    _check_forward_headers(sections["server"].forward_headers)
     raw_upstreams = raw.get("upstreams")
     if raw_upstreams is None:
         raw_upstreams = [_DEFAULT_UPSTREAM]
@@ -677,7 +808,14 @@ def build_config(raw: Mapping[str, Any]) -> Config:
             resolved["resume"] = default_resume_mode(base_url)
         for name in _OVERRIDABLE:
             resolved[name] = merge_tables(raw.get(name, {}), up.get(name, {}) or {})
-        upstreams.append(_build(UpstreamConfig, resolved, f"upstreams[{i}]."))
+        upstream = _build(UpstreamConfig, resolved, f"upstreams[{i}].")
+        for name in upstream.headers:
+            if name.lower() in HOP_BY_HOP_HEADERS:
+                raise ConfigError(
+                    f"upstreams[{i}].headers: {name!r} is not allowed: hop-by-hop and framing "
+                    "headers are set per connection"
+                )
+        upstreams.append(upstream)
     names = [u.name for u in upstreams]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -685,6 +823,21 @@ def build_config(raw: Mapping[str, Any]) -> Config:
     routes = _build_routes(raw.get("routes", []), set(names))
     apps = _build_apps(raw.get("apps", []))
     return Config(upstreams=tuple(upstreams), routes=routes, apps=apps, **sections)
+
+
+def _check_forward_headers(names: tuple[str, ...]) -> None:
+    for name in names:
+        lowered = name.lower()
+        if lowered in CREDENTIAL_HEADERS:
+            raise ConfigError(
+                f"server.forward_headers: {name!r} is not allowed: an app's credentials are "
+                "forwarded only by an upstream's forward_api_key = true"
+            )
+        if lowered in HOP_BY_HOP_HEADERS or lowered == "host" or lowered.startswith("intact-"):
+            raise ConfigError(
+                f"server.forward_headers: {name!r} is not allowed: hop-by-hop, Host and "
+                "intact-* headers are never forwarded"
+            )
 
 
 # The `app` label of every peer that matches no [[apps]] entry.
@@ -914,6 +1067,9 @@ def reference_markdown() -> str:
 
 
 def _toml_literal(value: Any) -> str:
+    if isinstance(value, Mapping):
+        pairs = ", ".join(f"{_toml_literal(k)} = {_toml_literal(v)}" for k, v in value.items())
+        return "{ " + pairs + " }" if pairs else "{}"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
@@ -928,12 +1084,26 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
     def conv(obj: Any) -> Any:
         if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            return {f.name: conv(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+            return {
+                f.name: _redact(getattr(obj, f.name))
+                if f.metadata.get("redacted")
+                else conv(getattr(obj, f.name))
+                for f in dataclasses.fields(obj)
+            }
         if isinstance(obj, tuple):
             return [conv(v) for v in obj]
+        if isinstance(obj, StringTable):
+            return dict(obj)
         return obj
 
     return typing.cast(dict[str, Any], conv(cfg))
+
+
+REDACTED = "<redacted>"
+
+
+def _redact(table: Mapping[str, str]) -> dict[str, str]:
+    return dict.fromkeys(table, REDACTED)
 
 
 __all__ = [
@@ -948,6 +1118,7 @@ __all__ = [
     "RetryConfig",
     "ServerConfig",
     "StreamConfig",
+    "StringTable",
     "TelemetryConfig",
     "UpstreamConfig",
     "build_config",

@@ -1,8 +1,10 @@
 """The app side: the OpenAI-compatible HTTP API that apps reach over the Unix socket.
 
-Routes: ``POST /v1/chat/completions`` (stream and non-stream) and ``GET /v1/models``. Bad
-input is refused here, before it can cost an upstream call, with the OpenAI error shape the
-SDKs understand; so are unknown routes (404), wrong methods (405) and oversized bodies (413).
+Routes: ``POST /v1/chat/completions`` (stream and non-stream), ``GET /v1/models``, and every
+other ``/v1/`` route, relayed unchanged (``relay.passthrough``). Bad input is refused here,
+before it can cost an upstream call, with the OpenAI error shape the SDKs understand; so are
+routes outside ``/v1/`` (404), wrong methods on intact's own routes (405) and oversized
+bodies (413).
 So are peers the access list does not allow (403), a connection over its peer's cap and an
 app over its stream limit (429 + Retry-After), and a body slower than
 ``server.request_read_timeout`` (408).
@@ -11,7 +13,8 @@ app over its stream limit (429 + Retry-After), and a body slower than
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import orjson
@@ -23,10 +26,12 @@ from intact.connections import AppConnection, ConnectionGate
 from intact.errors import AppError, invalid_request, not_found
 from intact.peer import Peer
 from intact.relay.engine import Relay
+from intact.relay.passthrough import OWN_ROUTES, RelayedRequest, relay_passthrough
 from intact.relay.request import parse_chat_request
 from intact.relay.sinks import AppLimits, CompletionSink, SSESink, json_response
 from intact.resilience.classify import UpstreamFailure
 from intact.telemetry.api import REQUEST_APP, RefusalReason
+from intact.upstream.headers import APP_HEADERS, AppHeaders
 
 log = structlog.get_logger("intact.listener")
 
@@ -170,25 +175,21 @@ def read_timeout_reporter(access: AppAccess) -> Callable[[AppConnection], None]:
     return report
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    relay = request.app[RELAY_KEY]
-    access = request.app[ACCESS_KEY]
-    peer = _peer(request)
-    app = access.app_for(peer, request.headers)
-    if relay.draining:
-        return error_response(
-            AppError(
-                status=503,
-                message="intact is shutting down; retry on the restarted daemon.",
-                type="upstream_unavailable",
-                code="daemon_shutdown",
-                headers={"Retry-After": "1"},
-            )
-        )
-    read_timeout = relay.config.server.request_read_timeout
+SHUTTING_DOWN = AppError(
+    status=503,
+    message="intact is shutting down; retry on the restarted daemon.",
+    type="upstream_unavailable",
+    code="daemon_shutdown",
+    headers={"Retry-After": "1"},
+)
+
+
+async def _read_body(request: web.Request, peer: Peer | None, app: str) -> bytes | web.Response:
+    """The request body, or the 408 refusal of a body slower than request_read_timeout."""
+    read_timeout = request.app[RELAY_KEY].config.server.request_read_timeout
     try:
         async with asyncio.timeout(read_timeout):
-            raw = await request.read()
+            return await request.read()
     except TimeoutError:
         error = invalid_request(
             f"The request body did not arrive within {read_timeout:g} s "
@@ -197,30 +198,59 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             status=408,
         )
         return _refuse(request, peer, app, RefusalReason.READ_TIMEOUT, error, close=True)
+
+
+def _refuse_over_stream_limit(request: web.Request, peer: Peer | None, app: str) -> web.Response:
+    error = AppError(
+        status=429,
+        message=f"The app {app!r} already has its maximum of concurrent streams "
+        "([[apps]] max_concurrent_streams); retry later.",
+        type="rate_limit_error",
+        code="too_many_streams",
+        headers={"Retry-After": LIMIT_RETRY_AFTER},
+    )
+    return _refuse(request, peer, app, RefusalReason.STREAM_LIMIT, error, close=False)
+
+
+@contextlib.contextmanager
+def _serving(request: web.Request, app: str) -> Iterator[None]:
+    """Around relaying one request: who it is served as (telemetry, log lines) and the app
+    headers the upstream client may forward (server.forward_headers)."""
+    allow = request.app[RELAY_KEY].config.server.forward_headers
+    app_token = REQUEST_APP.set(app)
+    headers_token = APP_HEADERS.set(AppHeaders.pick(request.headers, allow))
+    try:
+        with structlog.contextvars.bound_contextvars(app=app):
+            yield
+    finally:
+        APP_HEADERS.reset(headers_token)
+        REQUEST_APP.reset(app_token)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    relay = request.app[RELAY_KEY]
+    access = request.app[ACCESS_KEY]
+    peer = _peer(request)
+    app = access.app_for(peer, request.headers)
+    if relay.draining:
+        return error_response(SHUTTING_DOWN)
+    raw = await _read_body(request, peer, app)
+    if isinstance(raw, web.Response):
+        return raw
     parsed = parse_chat_request(raw, request.headers)
     if isinstance(parsed, AppError):
         return error_response(parsed)
     if not access.open_stream(app):
-        error = AppError(
-            status=429,
-            message=f"The app {app!r} already has its maximum of concurrent streams "
-            "([[apps]] max_concurrent_streams); retry later.",
-            type="rate_limit_error",
-            code="too_many_streams",
-            headers={"Retry-After": LIMIT_RETRY_AFTER},
-        )
-        return _refuse(request, peer, app, RefusalReason.STREAM_LIMIT, error, close=False)
+        return _refuse_over_stream_limit(request, peer, app)
     sink: SSESink | CompletionSink = (
         SSESink(request, AppLimits.from_config(relay.config.server))
         if parsed.stream
         else CompletionSink()
     )
-    app_token = REQUEST_APP.set(app)
     try:
-        with structlog.contextvars.bound_contextvars(app=app):
+        with _serving(request, app):
             await relay.serve(parsed, sink, request.headers)
     finally:
-        REQUEST_APP.reset(app_token)
         access.close_stream(app)
     if sink.result is None:  # defensive: the relay always ends the response
         return error_response(
@@ -229,15 +259,43 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     return sink.result
 
 
+async def passthrough(request: web.Request) -> web.StreamResponse:
+    """Any other /v1/ route: relayed unchanged to the upstream that serves it."""
+    allowed = OWN_ROUTES.get(request.path)
+    if allowed is not None:  # intact's own route, asked with another method
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    relay = request.app[RELAY_KEY]
+    access = request.app[ACCESS_KEY]
+    peer = _peer(request)
+    app = access.app_for(peer, request.headers)
+    if relay.draining:
+        return error_response(SHUTTING_DOWN)
+    raw = await _read_body(request, peer, app)
+    if isinstance(raw, web.Response):
+        return raw
+    if not access.open_stream(app):
+        return _refuse_over_stream_limit(request, peer, app)
+    try:
+        with _serving(request, app):
+            return await relay_passthrough(relay, request, RelayedRequest.from_app(request, raw))
+    finally:
+        access.close_stream(app)
+
+
 async def list_models(request: web.Request) -> web.Response:
     """Models from every upstream (in priority order), filtered by their `models` setting."""
     relay = request.app[RELAY_KEY]
     seen: dict[str, Any] = {}
     failures: list[str] = []
-    results = await asyncio.gather(
-        *(up.client.list_models(up.config.stream.models_timeout) for up in relay.upstreams),
-        return_exceptions=True,
-    )
+    # The app's forwarded headers (OpenAI-Organization, ...) go with the upstreams' lists.
+    token = APP_HEADERS.set(AppHeaders.pick(request.headers, relay.config.server.forward_headers))
+    try:
+        results = await asyncio.gather(
+            *(up.client.list_models(up.config.stream.models_timeout) for up in relay.upstreams),
+            return_exceptions=True,
+        )
+    finally:
+        APP_HEADERS.reset(token)
     for up, result in zip(relay.upstreams, results, strict=True):
         if isinstance(result, UpstreamFailure):
             failures.append(f"{up.name}: {result.message}")
@@ -281,4 +339,5 @@ def build_app(
     )
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
+    app.router.add_route("*", "/v1/{route:.+}", passthrough)  # after intact's own routes
     return app

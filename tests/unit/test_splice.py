@@ -69,7 +69,10 @@ SPLITS = {"whole": lambda text: [text], "chars": list}
 
 # (partial, continuation, prefill result, instruct result).
 # prefill: the model continues its own tokens, so its text is kept, doubles included.
-# instruct: the model was shown the partial; repeats of its tail and restarts are removed.
+# instruct: the model was shown the partial (without its trailing whitespace); a restatement
+# of its tail starts at one of its words or lines, glued to it, and is removed; a
+# continuation that opens with the separator goes on from it, so the words after it are the
+# text's own, doubles included.
 CODE_TAIL = "int main() {\n  if (x) {\n    y();\n  }"
 HTML_TAIL = "<div>\n  <div>\n    <p>hi</p>\n  </div>"
 RUBY_TAIL = "class A\n  def b\n    1\n  end"
@@ -92,7 +95,13 @@ TEST_CODE = (
 TEST_CODE_REST = " 201)\n        self.assertEqual(response.json()['name'], 'b')\n"
 
 REPORTED = {
-    "doubled-word": ("She had", " had enough.", "She had had enough.", "She had enough."),
+    "doubled-word": ("She had", " had enough.", "She had had enough.", "She had had enough."),
+    "doubled-word-restated": (
+        "She had",
+        "had had enough.",
+        "She hadhad had enough.",
+        "She had had enough.",
+    ),
     "c-closing-braces": (CODE_TAIL, "\n}\n", CODE_TAIL + "\n}\n", CODE_TAIL + "\n}\n"),
     "html-closing-tags": (
         HTML_TAIL,
@@ -102,18 +111,19 @@ REPORTED = {
     ),
     "ruby-end": (RUBY_TAIL, "\nend\n", RUBY_TAIL + "\nend\n", RUBY_TAIL + "\nend\n"),
     "table-rows": (TABLE, "\n| 3 | 4 |", TABLE + "\n| 3 | 4 |", TABLE + "\n| 3 | 4 |"),
+    # A model sent "...if b:" (the newline cut from the prompt) sends it again.
     "repeated-line-then-finish": (
+        IF_IF,
+        "\n    return None\n",
+        IF_IF + "    return None\n",
+        IF_IF + "    return None\n",
+    ),
+    # A model that does not send the newline again: the text is still the next line.
+    "repeated-line-without-the-newline": (
         IF_IF,
         "    return None\n",
         IF_IF + "    return None\n",
         IF_IF + "    return None\n",
-    ),
-    # A prefill model given "...if b:" (the newline cut from the prompt) sends it again.
-    "repeated-line-after-regenerated-newline": (
-        IF_IF,
-        "\n    return None\n",
-        IF_IF + "    return None\n",
-        IF_IF + "\n    return None\n",
     ),
     "cjk-repeat": (
         TOKYO,
@@ -122,12 +132,6 @@ REPORTED = {
         TOKYO + "世界上最大的城市之一。",
     ),
     "one-short-word-repeat": (
-        ABOUT,
-        " about the weather.",
-        ABOUT + " about the weather.",
-        ABOUT + " the weather.",
-    ),
-    "one-short-word-repeat-glued": (
         ABOUT,
         "about the weather.",
         ABOUT + "about the weather.",
@@ -138,6 +142,13 @@ REPORTED = {
         "about the weather.",
         ABOUT + " about the weather.",
         ABOUT + " the weather.",
+    ),
+    # The separator first: the model goes on from the cut, and "about about" is its text.
+    "one-short-word-after-the-separator": (
+        ABOUT,
+        " about the weather.",
+        ABOUT + " about the weather.",
+        ABOUT + " about the weather.",
     ),
     "paraphrased-restart": (PLAN, PLAN_AGAIN, PLAN + PLAN_AGAIN, DIVERGED),
     "earlier-line-reused": (
@@ -184,13 +195,21 @@ ADVERSARIAL = {
         NESTED + "\n    }\n}\n",
         NESTED + "\n    }\n}\n",
     ),
-    "nested-closing-line-repeated": (
+    # After the line break the model regenerates, a line like the last is the next one.
+    "nested-closing-line-again-after-the-newline": (
         NESTED,
         "\n        }\n    }\n}\n",
         NESTED + "\n        }\n    }\n}\n",
+        NESTED + "\n        }\n    }\n}\n",
+    ),
+    # Glued to the partial, the last line with its indentation is restated.
+    "nested-closing-line-restated": (
+        NESTED,
+        "        }\n    }\n}\n",
+        NESTED + "        }\n    }\n}\n",
         NESTED + "\n    }\n}\n",
     ),
-    "closing-line-after-newline": ("x {\n  }\n", "}\n", "x {\n  }\n}\n", "x {\n  }\n}\n"),
+    "closing-line-after-newline": ("x {\n  }\n", "\n}\n", "x {\n  }\n}\n", "x {\n  }\n}\n"),
     "json-next-item": (
         JSON_TAIL,
         ',\n    {"id": 3}\n  ]\n}',
@@ -203,11 +222,23 @@ ADVERSARIAL = {
         JSON_TAIL + '    {"id": 2},\n    {"id": 3}\n  ]\n}',
         JSON_TAIL + ',\n    {"id": 3}\n  ]\n}',
     ),
-    "json-item-repeated-as-a-line": (
+    "json-item-like-the-last-after-the-newline": (
         JSON_TAIL,
         '\n    {"id": 2},\n    {"id": 3}\n  ]}',
         JSON_TAIL + '\n    {"id": 2},\n    {"id": 3}\n  ]}',
-        JSON_TAIL + ',\n    {"id": 3}\n  ]}',
+        JSON_TAIL + '\n    {"id": 2},\n    {"id": 3}\n  ]}',
+    ),
+    "json-member-restated": (
+        '{\n  "name": "a",\n  "tags": [',
+        '"tags": [\n    "b"\n  ]\n}',
+        '{\n  "name": "a",\n  "tags": ["tags": [\n    "b"\n  ]\n}',
+        '{\n  "name": "a",\n  "tags": [\n    "b"\n  ]\n}',
+    ),
+    "json-closing-restated": (
+        '{\n  "tags": [\n    "b"\n  ],',
+        '],\n  "id": 1\n}',
+        '{\n  "tags": [\n    "b"\n  ],],\n  "id": 1\n}',
+        '{\n  "tags": [\n    "b"\n  ],\n  "id": 1\n}',
     ),
     # Markdown.
     "list-continues": (
@@ -234,16 +265,86 @@ ADVERSARIAL = {
         TABLE + "\n| 3 | 4 |\n",
         TABLE + "\n| 3 | 4 |\n",
     ),
-    # Natural doubles: kept by prefill; instruct cannot tell them from a repeat.
-    "that-that": (PROSE, " that was fine.", PROSE + " that was fine.", PROSE + " was fine."),
-    # Instruct: a space doubling the partial's trailing space is dropped, newlines are kept.
+    "table-row-restated-after-newline": (
+        TABLE + "\n",
+        "| 1 | 2 |\n| 3 | 4 |\n",
+        TABLE + "\n| 1 | 2 |\n| 3 | 4 |\n",
+        TABLE + "\n| 3 | 4 |\n",
+    ),
+    "table-row-repeated": (
+        TABLE,
+        "\n| 1 | 2 |\n| 3 | 4 |\n",
+        TABLE + "\n| 1 | 2 |\n| 3 | 4 |\n",
+        TABLE + "\n| 1 | 2 |\n| 3 | 4 |\n",
+    ),
+    # "| fresh | 2 | 2 |": the cell after the separator is the row's own.
+    "table-cell-repeated": (
+        "| a | b | c |\n|---|---|---|\n| fresh | 2 |",
+        " 2 |\n",
+        "| a | b | c |\n|---|---|---|\n| fresh | 2 | 2 |\n",
+        "| a | b | c |\n|---|---|---|\n| fresh | 2 | 2 |\n",
+    ),
+    "table-cell-restated": (
+        "| a | b | c |\n|---|---|---|\n| fresh | 2 | ",
+        "2 | 2 |\n",
+        "| a | b | c |\n|---|---|---|\n| fresh | 2 | 2 | 2 |\n",
+        "| a | b | c |\n|---|---|---|\n| fresh | 2 | 2 |\n",
+    ),
+    # The header says how many cells the row has: "|" restated, not "| 0 |".
+    "table-pipe-restated": (
+        "| a | b | c |\n|---|---|---|\n| 2 | 0 |",
+        "| 0 |\n| 3 | 2 | 5 |\n",
+        "| a | b | c |\n|---|---|---|\n| 2 | 0 || 0 |\n| 3 | 2 | 5 |\n",
+        "| a | b | c |\n|---|---|---|\n| 2 | 0 | 0 |\n| 3 | 2 | 5 |\n",
+    ),
+    "table-separator-restated": (
+        "| a | b | c |\n|---",
+        "|---|---|---|\n| 1 | 2 | 3 |\n",
+        "| a | b | c |\n|---|---|---|---|\n| 1 | 2 | 3 |\n",
+        "| a | b | c |\n|---|---|---|\n| 1 | 2 | 3 |\n",
+    ),
+    "table-separator-continues": (
+        "| a | b | c |\n|---|---",
+        "|---|\n| 1 | 2 | 3 |\n",
+        "| a | b | c |\n|---|---|---|\n| 1 | 2 | 3 |\n",
+        "| a | b | c |\n|---|---|---|\n| 1 | 2 | 3 |\n",
+    ),
+    # Rows that repeat themselves: how many of them the model restated cannot be told.
+    "table-repeated-rows-restated": (
+        "| a | b |\n|---|---|\n| 1 | 2 |\n| 1 | 2 |",
+        "| 1 | 2 |\n| 1 | 2 |\n| 3 | 4 |\n",
+        "| a | b |\n|---|---|\n| 1 | 2 |\n| 1 | 2 || 1 | 2 |\n| 1 | 2 |\n| 3 | 4 |\n",
+        DIVERGED,
+    ),
+    # Natural doubles: kept by both modes once the model has sent the separator.
+    "that-that": (PROSE, " that was fine.", PROSE + " that was fine.", PROSE + " that was fine."),
+    "that-that-restated": (
+        PROSE,
+        "that that was fine.",
+        PROSE + "that that was fine.",
+        PROSE + " that was fine.",
+    ),
+    # Instruct: a space doubling the partial's trailing space is not sent twice.
     "doubled-space": (
         "The capital of ",
         " France.",
         "The capital of France.",
         "The capital of France.",
     ),
-    "newline-after-newline": ("Rows:\n", "\n- a\n", "Rows:\n- a\n", "Rows:\n\n- a\n"),
+    "newline-after-newline": ("Rows:\n", "\n- a\n", "Rows:\n- a\n", "Rows:\n- a\n"),
+    # A restatement may be spaced differently within a line.
+    "tail-restated-spaced-differently": (
+        "Our answer, whereas no canvas keeps",
+        "answer, whereas no canvas  keeps some stone.",
+        "Our answer, whereas no canvas keepsanswer, whereas no canvas  keeps some stone.",
+        "Our answer, whereas no canvas keeps some stone.",
+    ),
+    "indentation-is-not-spacing": (
+        "def f():\n    x = 1",
+        "  x = 1\n",
+        "def f():\n    x = 1  x = 1\n",
+        "def f():\n    x = 1  x = 1\n",
+    ),
     # A word that merely starts like the last one is not a repeat of it.
     "longer-word": ("He is in the", " theater.", "He is in the theater.", "He is in the theater."),
     "longer-word-after-space": (
@@ -261,12 +362,103 @@ ADVERSARIAL = {
     ),
     "words-restart": (
         "Hello there, gener",
-        " there, general Kenobi.",
-        "Hello there, gener there, general Kenobi.",
+        "there, general Kenobi.",
+        "Hello there, generthere, general Kenobi.",
         "Hello there, general Kenobi.",
     ),
-    # CJK: a single repeated character is too often natural to drop.
-    "cjk-one-char": ("谢", "谢你。", "谢谢你。", "谢谢你。"),
+    # CJK: a restated character looks just like a doubled one (谢|谢); the partial may show
+    # which it is, else the resume is tried again.
+    "cjk-one-char": ("谢", "谢你。", "谢谢你。", DIVERGED),
+    "cjk-double-seen-before": (
+        "他们看看花园。我们看",
+        "看故事。",
+        "他们看看花园。我们看看故事。",
+        "他们看看花园。我们看看故事。",
+    ),
+    "cjk-double-not-seen-before": ("我们看", "看故事。", "我们看看故事。", DIVERGED),
+    "cjk-restated-before-the-double": (
+        "我们看",
+        "看看故事。",
+        "我们看看看故事。",
+        "我们看看故事。",
+    ),
+    "cjk-restated-after-the-double": ("我们看看", "看故事。", "我们看看看故事。", "我们看看故事。"),
+    "cjk-restated-character": (
+        "学生们喜欢花园。学生",
+        "生们需要时间。",
+        "学生们喜欢花园。学生生们需要时间。",
+        "学生们喜欢花园。学生们需要时间。",
+    ),
+    "cjk-restated-clause": (
+        "小猫喜欢花园，但是需要",
+        "但是需要时间。",
+        "小猫喜欢花园，但是需要但是需要时间。",
+        "小猫喜欢花园，但是需要时间。",
+    ),
+    # Reworded restarts: retried, then an explicit error.
+    "restart-glued-to-a-sentence": (
+        "Of course. The lantern was quiet.",
+        "Certainly. A river flows.",
+        "Of course. The lantern was quiet.Certainly. A river flows.",
+        DIVERGED,
+    ),
+    "restart-glued-to-a-word": (
+        "Of course. The lantern was quiet and the painter",
+        "Certainly. A river flows.",
+        "Of course. The lantern was quiet and the painterCertainly. A river flows.",
+        DIVERGED,
+    ),
+    "restart-with-a-preamble": (
+        "The lantern was very quiet. A river flows past",
+        "Sure! The lantern was very quiet. Nobody came.",
+        "The lantern was very quiet. A river flows pastSure! The lantern was very quiet. "
+        "Nobody came.",
+        DIVERGED,
+    ),
+    "restart-reworded-first-words": (
+        "Here is the story. The river flows past | 1 |",
+        "Here's the story. Nobody came.",
+        "Here is the story. The river flows past | 1 |Here's the story. Nobody came.",
+        DIVERGED,
+    ),
+    "restart-reworded-inside-the-first-sentence": (
+        "Sure! Here is",
+        "Sure, here's a summary table:\n\n| a |",
+        "Sure! Here isSure, here's a summary table:\n\n| a |",
+        DIVERGED,
+    ),
+    "restart-laid-out-differently": (
+        '{\n  "topic": "river",\n  "items": [\n    {\n      "id": ',
+        '{   "topic": "stone",\n  "items": []\n}',
+        '{\n  "topic": "river",\n  "items": [\n    {\n      "id": {   "topic": "stone",\n'
+        '  "items": []\n}',
+        DIVERGED,
+    ),
+    "cjk-restart-cut-short": (
+        "当然可以。小猫喜欢花园。老师",
+        "当然。我们需要时间。",
+        "当然可以。小猫喜欢花园。老师当然。我们需要时间。",
+        DIVERGED,
+    ),
+    "cjk-restart-reworded": (
+        "好的，下面是我的回答。小猫喜欢花园。老师",
+        "好，下面是我的回答。我们需要时间。",
+        "好的，下面是我的回答。小猫喜欢花园。老师好，下面是我的回答。我们需要时间。",
+        DIVERGED,
+    ),
+    # A new sentence after the separator is text, whatever its first word.
+    "new-sentence-after-the-separator": (
+        "Of course. The lantern was quiet.",
+        " Certainly, it was.",
+        "Of course. The lantern was quiet. Certainly, it was.",
+        "Of course. The lantern was quiet. Certainly, it was.",
+    ),
+    "capital-inside-a-word": (
+        "The answer is written in Java",
+        "Script and runs in a browser.",
+        "The answer is written in JavaScript and runs in a browser.",
+        "The answer is written in JavaScript and runs in a browser.",
+    ),
     # The whole partial again: llama-server's echo (prefill), a restart (instruct).
     "echo": (ECHO, ECHO + " Paris.", ECHO + " Paris.", ECHO + " Paris."),
     "echo-with-trailing-newlines": (
@@ -301,12 +493,11 @@ ADVERSARIAL = {
     "code-fence-cut-inside": ("Code:\n`", "``python\n", "Code:\n```python\n", "Code:\n```python\n"),
     # Partials that are only whitespace.
     "whitespace-partial": ("\n\n", "Hello", "\n\nHello", "\n\nHello"),
-    # An instruct model saw the trailing whitespace: what it sends is its own.
     "whitespace-partial-regenerated": ("\n\n", "\n\nHello", "\n\n\n\nHello", "\n\n\n\nHello"),
     # Empty and whitespace-only continuations.
     "empty": ("Hello.", "", "Hello.", "Hello."),
     "whitespace-only": ("Hello.", "\n\n", "Hello.\n\n", "Hello.\n\n"),
-    "whitespace-only-regenerated": ("Hello.\n\n", "\n\n", "Hello.\n\n", "Hello.\n\n\n\n"),
+    "whitespace-only-regenerated": ("Hello.\n\n", "\n\n", "Hello.\n\n", "Hello.\n\n"),
     "whitespace-only-different": ("Hello.\n\n", "  ", "Hello.\n\n  ", "Hello.\n\n  "),
 }
 
@@ -346,13 +537,20 @@ EARLIER = {
         "The quick brown foxquick brown fox jumps.",
         "The quick brown fox jumps.",
     ),
-    "tail-repeat-after-space": (
+    "tail-repeat": (
+        "one two three",
+        "two three four",
+        "one two threetwo three four",
+        "one two three four",
+    ),
+    # After the separator the words are the text's own: a refrain, a doubled word.
+    "words-again-after-the-separator": (
         "one two three",
         " two three four",
         "one two three two three four",
-        "one two three four",
+        "one two three two three four",
     ),
-    "trailing-word": ("So I", " I think so.", "So I I think so.", "So I think so."),
+    "trailing-word": ("So I", "I think so.", "So II think so.", "So I think so."),
     "short-tail-repeat": (
         "He said no to it",
         "to it.",
@@ -389,10 +587,11 @@ def test_earlier_cases(case: str, mode: str, split: str) -> None:
         ("prefill", "Hello.", "Hello."),
         ("prefill", " \n\n", " \n\n"),  # stripping would leave nothing
         ("prefill", "", ""),
-        ("instruct", "Hello.\n\n", "Hello.\n\n"),
+        ("instruct", "Hello.\n\n", "Hello."),
+        ("instruct", "| 1 | ", "| 1 |"),
     ],
 )
-def test_prompt_text_cuts_trailing_whitespace_only_for_prefill(
+def test_prompt_text_is_the_partial_without_its_trailing_whitespace(
     mode: str, sent: str, prompt: str
 ) -> None:
     assert ContinuationSplicer(sent, mode=mode).prompt_text == prompt
@@ -460,7 +659,7 @@ def test_instruct_tail_repeats_start_within_max_overlap_chars() -> None:
     sent = "alpha beta gamma " + "x" * 100 + " delta epsilon"
     limits = SpliceLimits(max_overlap_chars=20)
     assert splice(sent, ["gamma zeta"], "instruct", limits) == sent + "gamma zeta"
-    assert splice(sent, [" delta epsilon zeta"], "instruct", limits) == sent + " zeta"
+    assert splice(sent, ["delta epsilon zeta"], "instruct", limits) == sent + " zeta"
 
 
 def test_instruct_prefers_the_longest_repeat() -> None:
@@ -468,11 +667,12 @@ def test_instruct_prefers_the_longest_repeat() -> None:
     assert splice(sent, ["ha ha ha!"], "instruct") == "ha ha ha!"
 
 
-def test_instruct_repeat_of_the_last_line_after_a_newline() -> None:
+def test_instruct_repeat_of_the_last_line_with_its_indentation() -> None:
     sent = "a = 1\n  b = 2\n"
     assert splice(sent, ["  b = 2\n  c = 3\n"], "instruct") == "a = 1\n  b = 2\n  c = 3\n"
-    # Same text, other indentation: a different line.
-    assert splice(sent, ["b = 2\n"], "instruct") == sent + "b = 2\n"
+    # Same text after the line break the model sends again: the next line.
+    assert splice(sent, ["\nb = 2\n"], "instruct") == sent + "b = 2\n"
+    assert splice(sent, ["\n  b = 2\n"], "instruct") == sent + "  b = 2\n"
 
 
 def test_instruct_paraphrase_at_a_line_start_needs_divergence_chars() -> None:

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from intact.recovery.splice import ContinuationDiverged, ContinuationSplicer, SpliceLimits
+from intact.simulator.tokenizer import is_cjk
 
 PYTHON = """Here is a loader that skips bad rows:
 
@@ -196,72 +197,100 @@ def test_prefill_in_random_pieces(name: str, where: float, sizes: list[int], ech
 
 
 # --- instruct: the model is shown the partial and asked to go on -----------------------------
+# It is sent the partial without its trailing whitespace, as prefill is; going on exactly it
+# sends what follows from there (the whitespace first), restating it starts at a word or line.
+
+DIVERGED = "<ContinuationDiverged>"
 
 
-def natural_double(sent: str, dropped: str) -> bool:
-    """The text an instruct splice dropped from a continuation that had no repeat: allowed
-    only where the answer itself doubles the partial's last words at the cut."""
-    return bool(dropped.strip()) and sent.rstrip().endswith(dropped.strip())
+def outcome(sent: str, pieces: list[str]) -> str:
+    try:
+        return run(sent, pieces, "instruct")[0]
+    except ContinuationDiverged:
+        return DIVERGED
+
+
+def reduplicated(sent: str, rest: str) -> bool:
+    """The cut falls inside doubled CJK characters (看|看, いろ|いろ), or the partial is only
+    one or two of them: a restated character looks just the same, so the splicer may ask for
+    another try."""
+    core = sent.rstrip()
+    for size in (1, 2):
+        tail = core[-size:]
+        cjk = len(tail) == size and all(is_cjk(ch) and ch.isalnum() for ch in tail)
+        if cjk and (rest.startswith(tail) or len(core) <= 2):
+            return True
+    return False
 
 
 @pytest.mark.parametrize("name", MATERIAL)
 def test_instruct_exact_continuation_from_every_cut(name: str) -> None:
     answer = MATERIAL[name]
-    doubles = []
+    retried = []
     for cut in cuts(answer):
-        sent, cont = answer[:cut], answer[cut:]
-        got, dropped = run(sent, [cont], "instruct")
-        if got != answer:
-            assert got == sent + cont[dropped:]
-            assert natural_double(sent, cont[:dropped]), f"cut at {cut}: {got[cut - 20 :]!r}"
-            doubles.append(cont[:dropped])
-    # Only a few cuts land in a doubled word: "had| had", "that| that", "very| very".
-    assert len(doubles) <= 12, doubles
-
-
-def repeat_starts(sent: str) -> list[int]:
-    """Where an instruct model may start repeating the partial: the start of one of its last
-    words or lines. The first word of an indented line comes with its indentation."""
-    core = sent.rstrip()
-    starts = []
-    for j in range(max(0, len(core) - 60), len(core)):
-        if j and not (sent[j - 1].isspace() and not sent[j].isspace()):
+        sent, cont = prefill_continuation(answer, cut)
+        got = outcome(sent, [cont])
+        if got == DIVERGED and reduplicated(sent, cont):
+            retried.append(cut)
             continue
-        line = core.rfind("\n", 0, j) + 1
-        if core[line:j].isspace():
-            j = line
-        if any(ch.isalnum() for ch in core[j:]) or j == line:
+        if inside_a_run(sent, cont):
+            continue
+        assert got == answer, f"cut at {cut}: {got[cut - 20 :]!r}"
+    # Only cuts inside doubled CJK characters are asked again: 城市|城市 is not in it.
+    assert len(retried) <= 3, retried
+
+
+def repeat_starts(prompt: str) -> list[int]:
+    """Where an instruct model may start restating the partial: one of its last words, or
+    one of its last lines with its indentation; any character in Chinese."""
+    starts = []
+    for j in range(max(0, len(prompt) - 60), len(prompt)):
+        prev = prompt[j - 1] if j else "\n"
+        word = prev.isspace() or is_cjk(prompt[j])
+        if prev == "\n" or (word and not prompt[j].isspace()):
             starts.append(j)
-    return sorted(set(starts))
+    return starts
 
 
-def kept_on_purpose(sent: str, start: int, after: str) -> bool:
-    """Repeats the splicer keeps because natural text looks just like them (see splice.py):
-    one CJK character (每 + 每天 as 谢 + 谢你), and symbols that natural text may go on with
-    ("`" + "``python", "#" + "## Title", "| --- " + "| --- |")."""
-    repeat = sent.rstrip()[start:]
-    if len(repeat) == 1 and "\u4e00" <= repeat <= "\u9fff":
-        return True
-    if any(ch.isalnum() for ch in repeat) or "\n" in repeat or after in "\r\n" or after.isalnum():
+def kept_on_purpose(prompt: str, start: int, after: str) -> bool:
+    """Restatements the splicer keeps because natural text looks just like them (see
+    splice.py): symbols that natural text may go on with ("`" + "``python")."""
+    repeat = prompt[start:]
+    if any(ch.isalnum() for ch in repeat) or "\n" in repeat:
         return False
-    spaced = after.isspace() and sent[-1].isspace() and len(repeat.split()) > 1
-    return after == repeat[-1] or spaced
+    return not (after.isspace() or after.isalnum())
+
+
+def inside_a_run(sent: str, rest: str) -> bool:
+    """The cut falls inside a run of one symbol ("_|_init__", "#|# Steps"), where a
+    tokenizer never cuts: the splicer takes the second half for a restated first one."""
+    core, after = sent.rstrip(), rest.lstrip()
+    return bool(core and after) and core[-1] == after[0] and not core[-1].isalnum()
+
+
+def settled(sent: str, cont: str, answer: str) -> bool:
+    """The continuation came out exact, or raised: never a garbled answer."""
+    got = outcome(sent, [cont])
+    return got in (answer, DIVERGED)
 
 
 @pytest.mark.parametrize("name", MATERIAL)
-def test_instruct_repeat_of_the_last_words_or_lines_is_dropped(name: str) -> None:
+def test_instruct_restatement_of_the_last_words_or_lines_is_dropped(name: str) -> None:
     answer = MATERIAL[name]
+    retried = 0
     for cut in cuts(answer):
-        sent, rest = answer[:cut], answer[cut:]
-        after = answer[len(sent.rstrip())]
-        for j in repeat_starts(sent):
-            if kept_on_purpose(sent, j, after):
+        sent, rest = prefill_continuation(answer, cut)
+        prompt = answer[: len(answer) - len(rest)]
+        for j in repeat_starts(prompt):
+            if kept_on_purpose(prompt, j, rest[:1] or " "):
                 continue
-            cont = sent[j:] + rest
-            got, dropped = run(sent, [cont], "instruct")
-            assert got == answer or natural_double(sent, rest[: dropped - len(sent) + j]), (
-                f"cut at {cut}, repeat from {j}: {got[cut - 20 :]!r}"
-            )
+            got = outcome(sent, [prompt[j:] + rest])
+            if got == DIVERGED and reduplicated(prompt, prompt[j:]):
+                continue  # 看 + 看故事: a restated 看, or the second half of 看看
+            assert got in (answer, DIVERGED), f"cut at {cut}, from {j}: {got[cut - 20 :]!r}"
+            retried += got == DIVERGED
+    # Otherwise asked again only where the text repeats itself at the cut (rows, items).
+    assert retried <= 60, retried
 
 
 @pytest.mark.parametrize("name", MATERIAL)
@@ -269,12 +298,11 @@ def test_instruct_restart_from_the_top_is_dropped(name: str) -> None:
     answer = MATERIAL[name]
     for cut in cuts(answer):
         sent = answer[:cut]
-        if kept_on_purpose(sent, 0, answer[len(sent.rstrip())]):
+        if kept_on_purpose(sent.rstrip(), 0, answer[len(sent.rstrip())]):
             continue
-        try:
-            got, _ = run(sent, [answer], "instruct")
-        except ContinuationDiverged as exc:
-            raise AssertionError(f"cut at {cut}") from exc
+        got = outcome(sent, [answer])
+        if got == DIVERGED and len(sent.strip()) <= 2:
+            continue  # "谢" + "谢谢你": a restart or a doubled character
         assert got == answer, f"cut at {cut}"
 
 
@@ -291,11 +319,12 @@ def test_instruct_in_random_pieces(
 ) -> None:
     answer = MATERIAL[name]
     cut = 1 + int(where * (len(answer) - 2))
-    sent, rest = answer[:cut], answer[cut:]
+    sent, rest = prefill_continuation(answer, cut)
+    prompt = answer[: len(answer) - len(rest)]
     whole = {"exact": rest, "restart": answer}.get(behaviour)
     if whole is None:
-        starts = repeat_starts(sent) or [0]
-        whole = sent[starts[pick % len(starts)] :] + rest
-    expected = run(sent, [whole], "instruct")[0]
+        starts = repeat_starts(prompt) or [0]
+        whole = prompt[starts[pick % len(starts)] :] + rest
+    expected = outcome(sent, [whole])
     # Fed in pieces, the splice comes out as when fed whole.
-    assert run(sent, chunked(whole, sizes), "instruct")[0] == expected
+    assert outcome(sent, chunked(whole, sizes)) == expected

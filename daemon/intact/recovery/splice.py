@@ -102,7 +102,7 @@ def _units(text: str) -> list[str]:
     """What two openings are compared by: lower-case words (contractions spelt out) and
     single CJK characters; punctuation and spaces skipped."""
     units: list[str] = []
-    word, prev = "", ""
+    word, prev, contracted = "", "", False
     for ch in text + " ":
         if _word(ch):
             if not word:
@@ -123,7 +123,11 @@ def _reworded(ours: str, theirs: str) -> bool:
     a, b = _units(ours), _units(theirs)
     if not a or not b or ours.strip() == theirs.strip():
         return False
-    return a == b or (len(b) < len(a) and a[: len(b)] == b) or _alike(a, b)
+    if a == b or (len(b) < len(a) <= 2 * len(b) and a[: len(b)] == b) or _alike(a, b):
+        return True
+    # "はい。" for "はい、説明します。": the first clause reworded.
+    clause = next((i for i, ch in enumerate(ours) if ch in "，、"), -1)
+    return 0 < clause < len(ours) - 1 and _reworded(ours[: clause + 1], theirs)
 
 
 def _alike(a: list[str], b: list[str], ratio: float = 0.7) -> bool:
@@ -330,15 +334,16 @@ class ContinuationSplicer:
         return prev.isspace()  # a word ("|", "]," and "{" are words too)
 
     def _reduplication(self, start: int) -> bool:
-        """Whether a restatement from `start` is one or two CJK characters inside a clause
-        (or the whole partial): just what natural reduplication looks like at the cut
-        (看|看, いろ|いろ)."""
+        """Whether a restatement from `start` looks just like natural reduplication at the
+        cut: one CJK character (看|看, 。谢|谢), or two inside a clause (いろ|いろ), or the
+        whole of a partial that short. Two after a clause mark ("，也是" + "也是…") are
+        restated."""
         core = self._core
         text = core[start:]
         if len(text) > 2 or not all(_unspaced(ch) and ch.isalnum() for ch in text):
             return False
         prev = core[start - 1] if start > self._top else ""
-        return not prev or (_unspaced(prev) and prev.isalnum())
+        return len(text) == 1 or not prev or (_unspaced(prev) and prev.isalnum())
 
     def _advance(self, repeat: _Repeat) -> bool | None:
         """Match more of `repeat`: True once it reaches the partial's end, False if the held
@@ -382,21 +387,12 @@ class ContinuationSplicer:
     def _abandon(self, end: _End) -> None:
         """No more text will come to settle the repeats still matching: they are not."""
         restart = self._restart
-        if restart is not None and restart.state is None:
-            # The continuation re-emits the partial from the top and stops short of its end.
-            text = self._held[restart.at :]
-            if self._instruct and self._diverged(self._core[self._top : restart.ti]):
-                raise ContinuationDiverged(
-                    "continuation restarted the answer and ended before reaching the point "
-                    "where it was cut"
-                    if end == "finish"
-                    else f"continuation re-emits more than {len(text)} chars of the answer"
-                )
-            if not self._instruct and end == "bound":
-                raise ContinuationDiverged(
-                    f"continuation echoes more than {len(text)} chars of the partial answer; "
-                    "too long to hold back until the echo is complete"
-                )
+        if not self._instruct and end == "bound" and restart is not None and restart.state is None:
+            # Instruct settles a restart that stops short in _chosen.
+            raise ContinuationDiverged(
+                f"continuation echoes more than {len(self._held)} chars of the partial answer; "
+                "too long to hold back until the echo is complete"
+            )
         for repeat in self._repeats or ():
             if repeat.state is None:
                 repeat.state = False
@@ -418,11 +414,11 @@ class ContinuationSplicer:
             return True
         text = core[repeat.start :]
         if not any(ch.isalnum() for ch in text):
-            # Only symbols ("  }", "- ", "|", "],"): natural text may go on with more of them
-            # ("`" + "``python", "|---|---" + "|---|"). Symbols restated across a line end
-            # ("|\n|---" + "|---|") or up to a space ("| - |" + " 4 |"), and a restart of
-            # the word cut short ("    @" + "    @items"), are repeats; a run that may go on
-            # is not.
+            # Only symbols ("  }", "- ", "|", "],", "。"): natural text may go on with more
+            # of them ("`" + "``python", "|---|---" + "|---|"). Symbols restated across a
+            # line end ("|\n|---" + "|---|"), up to a space ("| - |" + " 4 |") or before the
+            # word cut short ('"' + '"tags"', "。" + "。川") are repeats; a run that may go
+            # on is not. (A tokenizer keeps a run of one symbol together: "__" is never cut.)
             return "\n" in text or after.isspace() or after.isalnum()
         if not (_word(last) and _word(after)):
             return True
@@ -469,10 +465,9 @@ class ContinuationSplicer:
             return self._unrepeated(end)
         start = accepted[0].start
         if self._reduplication(start):
-            # 看 + 看看信号 restates 看 before the text's own 看看 (as 看看 + 看信号 does).
-            # 看 + 看信号 may restate it or
-            # be the second half of 看看: the partial itself may show which (it wrote 看看
-            # before, never 地看信); if not, another try may settle it.
+            # 看 + 看看信号 restates 看 before the text's own 看看 (as 看看 + 看信号 does). 看 +
+            # 看信号 may restate it or be the second half of 看看: the partial itself may
+            # show which (it wrote 看看 before, never 地看信); if not, another try may.
             text, following = core[start:], held[longest : longest + 1]
             if (len(held) < longest + len(text) and end is None) or self._unrepeated(end) is None:
                 return None  # ("好，下面是…" after "…好好" is a reworded restart)
@@ -487,40 +482,64 @@ class ContinuationSplicer:
                 f"continuation starts with {text!r} again, which may restate the partial's "
                 "last characters or double them (看|看): cannot tell"
             )
-        if "\n" in core[accepted[0].start : accepted[-1].start]:
-            # "| a |\n| a |" + "| a |\n| a |\n...": the partial repeats itself where the
-            # continuation restates it, so how much it restates is anyone's guess.
+        periodic = [self._periodic(accepted[0], repeat, end) for repeat in accepted[1:]]
+        if None in periodic:
+            return None
+        if any(periodic):
             raise ContinuationDiverged(
                 "continuation restates the partial's last lines, which repeat themselves: "
                 "cannot tell how many"
             )
         return longest
 
-    def _table_row(self, cuts: list[int], end: _End) -> int | None:
-        """Inside a Markdown table row, the one of `cuts` that gives the row as many cells
-        as the table's header ("| 2 | 0 |" + "| 0 |" restates "|", not "| 0 |"): None to
-        hold until the row ends, -1 if that does not settle it."""
-        core, held = self._core, self._held
+    def _periodic(self, longest: _Repeat, other: _Repeat, end: _End) -> bool | None:
+        """Whether restating the partial from `longest` or from `other` (shorter) are both
+        likely (None: not known yet). The shorter has the text after the cut repeat the
+        partial's last stretch: natural for a row like the one before or after it ("| 5 |
+        dry |\\n| 5 |" + "| dry |\\n| 5 | dry |\\n"), or where the partial already repeats
+        it; not otherwise ("ha ha" + "ha ha ha!")."""
+        core = self._core
+        period = other.start - longest.start
+        if "\n" not in core[longest.start : other.start]:
+            return False
         start = core.rfind("\n") + 1
-        row = core[start:]
-        if not row.startswith("|") or "\n" in self._tail_ws:
+        line, before = core[start:], core[core.rfind("\n", 0, start - 1) + 1 : start - 1]
+        if period == len(before) + 1 and line and before.startswith(line):
+            return True
+        if len(core) >= 2 * period and core[-2 * period : -period] == core[-period:]:
+            return True
+        # The shorter reading completes the partial's last line, then says it again.
+        lines = (line + self._held[other.end :]).split("\n")
+        if len(lines) < 3 and end is None:
+            return None
+        return len(lines) >= 2 and lines[0] == lines[1]
+
+    def _table_row(self, cuts: list[int], end: _End) -> int | None:
+        """In a Markdown table, the one of `cuts` that gives the row at the cut as many cells
+        as the table's header ("| 2 | 0 |" + "| 0 |" restates "|", not "| 0 |"); None to
+        hold until that row ends, -1 if that does not settle it."""
+        core, held = self._core, self._held
+        if not core[core.rfind("\n") + 1 :].startswith("|"):
             return -1
-        header = -1
-        for line in reversed(core[:start].split("\n")[:-1]):
-            if not line.startswith("|"):
-                break
-            header = line.rstrip().count("|") - 1
-        if header < 1:
-            return -1
+        sent = core + self._tail_ws
         fits = set()
         for cut in cuts:
-            rest = held[cut:]
-            stop = rest.find("\n")
+            seam = self._seam(cut, "finish")
+            assert seam is not None
+            text = sent + held[seam:]
+            start = text.rfind("\n", 0, len(sent)) + 1
+            stop = text.find("\n", max(start, len(sent) - 1))
             if stop < 0:
                 if end is None:
                     return None
-                stop = len(rest)
-            if (row + rest[:stop]).rstrip().count("|") - 1 == header:
+                stop = len(text)
+            row = text[start:stop]
+            header = -1
+            for line in reversed(text[:start].split("\n")[:-1]):
+                if not line.startswith("|"):
+                    break
+                header = line.rstrip().count("|")
+            if row.startswith("|") and row.rstrip().count("|") == header:
                 fits.add(cut)
         return fits.pop() if len(fits) == 1 else -1
 
@@ -546,7 +565,7 @@ class ContinuationSplicer:
     def _is_restart(self, matched: str) -> bool:
         """Whether re-emitting `matched` of the partial's start makes the continuation a
         restart. On a new line it must be a lot (lists and code start lines alike), unless
-        it departs inside a line ('{ "topic": "b"' after '{\n  "topic": "a"')."""
+        it departs inside a line ('{ "topic": "b"' after '{\\n  "topic": "a"')."""
         if self._diverged(matched):
             return True
         line_mode = "\n" in self._tail_ws + self._held[: self._body()]
@@ -571,10 +590,7 @@ class ContinuationSplicer:
             and first.isupper()
             and (
                 last in _GLUE_PUNCTUATION
-                or (
-                    last.islower()
-                    and (not opened or (sentence[-1] in ".!?" and len(sentence.split()) <= 3))
-                )
+                or (last.islower() and sentence[-1] in ".!?" and len(sentence.split()) <= 3)
             )
         ):
             # "corner.Certainly." or "painterSure!": a new text glued where the partial
@@ -596,17 +612,17 @@ class ContinuationSplicer:
         "当然可以。", "Sure! " before it); False to hold more of it first."""
         held = self._held
         if not opened:
-            # The partial is inside its first sentence: compare what there is of both.
-            ours = "".join(opening.lower().split())
-            theirs = "".join(held.lower().split())[: len(ours) + 2]
-            chars = difflib.SequenceMatcher(None, ours, theirs, autojunk=False).ratio()
-            units, said = _units(opening), _units(sentence)
+            # The partial is inside its first sentence: compare what there is of both. A
+            # restart says the partial's last word again near its start, not as a restated
+            # tail ("Each anchor" after "Every anchor"), or most of its words, or stops short
+            # of them ("当然。" after "当然可以").
+            mine, said = _units(opening), _units(sentence)
+            theirs = _units(held)[: len(mine) + 1]
+            tail = any(theirs[:i] == mine[-i:] for i in range(1, len(mine) + 1))
             if (
-                (len(ours) >= 6 and chars >= 0.75)
-                or _alike(
-                    units, _units(held)[: len(units) + 1], 0.5 if held[0] == opening[0] else 0.7
-                )
-                or (sentence[-1:] in _STOPS + _CJK_STOPS and said == units[: len(said)] != units)
+                (len(mine) >= 2 and mine[-1] in theirs[:3] and not tail)
+                or _alike(mine, theirs, 0.5 if held[0] == opening[0] else 0.7)
+                or (sentence[-1:] in _STOPS + _CJK_STOPS and said == mine[: len(said)] != mine)
             ):
                 raise ContinuationDiverged(
                     f"continuation restarts the answer reworded ({sentence[:40]!r}...)"
@@ -618,15 +634,15 @@ class ContinuationSplicer:
             )
         if min(len(_units(opening)), len(_units(sentence))) <= 2:
             # Openings of a word or two ("Sure!", "Of course.") are judged with what follows.
-            theirs, done = _lead(held, ended)
+            lead, done = _lead(held, ended)
             if not done:
                 return False
             mine = _units(_lead(self._core[self._top :], True)[0])
-            units = _units(theirs)
+            units = _units(lead)
             size = min(len(mine), len(units))
             if _alike(mine[:size], units[:size]):
                 raise ContinuationDiverged(
-                    f"continuation restarts the answer reworded ({theirs[:40]!r}...)"
+                    f"continuation restarts the answer reworded ({lead[:40]!r}...)"
                 )
         return True
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 import orjson
 import structlog
@@ -58,6 +58,15 @@ log = structlog.get_logger("intact.relay")
 SHUTDOWN_NOTICE_SECONDS = 2.0
 
 __all__ = ["SHUTDOWN_NOTICE_SECONDS", "Relay", "Target", "UpstreamRuntime"]
+
+
+class Held(Protocol):
+    """A request in flight, as drain and reload see it."""
+
+    @property
+    def plan(self) -> FailoverPlan[Target]: ...
+
+    def stop_for_shutdown(self) -> None: ...
 
 
 class _Race:
@@ -109,7 +118,7 @@ class Relay:
         self.draining = False  # the daemon is stopping: no new requests
         self._by_name = {u.name: u for u in self.upstreams}
         self._routes: dict[str, RouteConfig] = {r.model: r for r in config.routes}
-        self._runs: set[_Run] = set()
+        self._runs: set[Held] = set()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -125,6 +134,19 @@ class Relay:
         self.upstreams = list(upstreams)
         self._by_name = {u.name: u for u in self.upstreams}
         self._routes = {r.model: r for r in config.routes}
+
+    @contextlib.contextmanager
+    def holding(self, run: Held) -> Iterator[None]:
+        """Count ``run`` as in flight: drain waits for it (then stops it), and a reload does
+        not close the upstreams it holds."""
+        self._runs.add(run)
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._runs.discard(run)
+            if not self._runs:
+                self._idle.set()
 
     def upstreams_in_use(self) -> set[int]:
         """ids of the upstream runtimes that requests in flight hold."""
@@ -162,32 +184,28 @@ class Relay:
         trace = self.telemetry.request(headers=headers, model=req.model, stream=req.stream)
         with trace:
             run = _Run(self, req, sink, trace, ups)
-            self._runs.add(run)
-            self._idle.clear()
-            try:
-                await run.run()
-            except AppGone:
-                run.summary.outcome = Outcome.CANCELLED  # the app went away mid-write
-                await sink.gone()
-            except AppTooSlow:
-                await run.app_too_slow()
-            except Exception:
-                # A bug in intact must still never look like a complete answer.
-                log.exception("relay_internal_error")
-                await run.fail_internal()
-            except asyncio.CancelledError:
-                if not run.stopped_for_shutdown:
-                    run.summary.outcome = Outcome.CANCELLED  # the app went away
+            with self.holding(run):
+                try:
+                    await run.run()
+                except AppGone:
+                    run.summary.outcome = Outcome.CANCELLED  # the app went away mid-write
                     await sink.gone()
-                    raise
-                # Our own cancellation at the drain deadline: tell the app, end normally.
-                asyncio.current_task().uncancel()  # type: ignore[union-attr]
-                await run.tell_shutdown()
-            finally:
-                self._runs.discard(run)
-                if not self._runs:
-                    self._idle.set()
-                run.finish()
+                except AppTooSlow:
+                    await run.app_too_slow()
+                except Exception:
+                    # A bug in intact must still never look like a complete answer.
+                    log.exception("relay_internal_error")
+                    await run.fail_internal()
+                except asyncio.CancelledError:
+                    if not run.stopped_for_shutdown:
+                        run.summary.outcome = Outcome.CANCELLED  # the app went away
+                        await sink.gone()
+                        raise
+                    # Our own cancellation at the drain deadline: tell the app, end normally.
+                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                    await run.tell_shutdown()
+                finally:
+                    run.finish()
 
     async def drain(self, grace: float) -> None:
         """Stop taking requests; let streams run for ``grace`` seconds, then end the rest

@@ -18,6 +18,12 @@ What a request gets (see `simulator.text` for the text itself):
   `reasoning_content` (or `reasoning`) with empty content.
 `POST /admin/expected` (or `SimulatedUpstream.expected_answer`) answers what an
 uninterrupted request with a given body would get.
+
+Besides chat it answers `POST /v1/embeddings`, `POST /v1/completions` (stream and not),
+`POST /v1/audio/transcriptions` (multipart) and `GET /v1/models/{id}` (see
+`simulator.other_endpoints`), with the same API key check, modes and faults: a scripted or
+random fault applies to whichever request comes next. Every /v1/ request's method, path,
+query and headers are kept in `SimulatorStats.http_requests`.
 """
 
 from __future__ import annotations
@@ -33,12 +39,13 @@ import socket
 import struct
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
-from aiohttp import web
+from aiohttp import BodyPartReader, web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from intact.simulator.faults import (
     AFTER_FINISH,
@@ -59,6 +66,14 @@ from intact.simulator.faults import (
     parse_fault_spec,
 )
 from intact.simulator.logprobs import MAX_TOP_LOGPROBS, logprobs_for
+from intact.simulator.other_endpoints import (
+    completion_choice,
+    completion_object,
+    completion_request,
+    completion_tokens,
+    embeddings_response,
+    transcription,
+)
 from intact.simulator.text import (
     PROSE,
     STYLES,
@@ -214,6 +229,16 @@ class RequestRecord:
 
 
 @dataclass(frozen=True)
+class HttpRecord:
+    """One /v1/ request as it reached the simulator: what a relay passed on."""
+
+    method: str
+    path: str
+    query: Mapping[str, str]
+    headers: CIMultiDictProxy[str] = field(repr=False)
+
+
+@dataclass(frozen=True)
 class ClientDisconnect:
     """A client that went away mid-response, and when (time.monotonic()) the server noticed."""
 
@@ -243,6 +268,13 @@ class SimulatorStats:
     recent_requests: deque[RequestRecord] = field(
         default_factory=lambda: deque(maxlen=RECENT_REQUESTS_KEPT)
     )
+    requests_by_route: Counter[str] = field(default_factory=Counter)
+    """Requests to the routes besides chat, by route (e.g. "POST /v1/embeddings")."""
+    http_requests: deque[HttpRecord] = field(
+        default_factory=lambda: deque(maxlen=RECENT_REQUESTS_KEPT)
+    )
+    """Every /v1/ request, chat included, with its headers (not in `as_json`: they may
+    carry an API key)."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -260,6 +292,7 @@ class SimulatorStats:
             ],
             "active_streams": self.active_streams,
             "recent_requests": [r.as_json() for r in self.recent_requests],
+            "requests_by_route": dict(self.requests_by_route),
         }
 
 
@@ -860,9 +893,14 @@ class SimulatedUpstream:
         """Listen on host:port (0 picks a free port); returns once connections are accepted."""
         if self._runner is not None:
             raise RuntimeError("the simulated upstream is already running")
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._keep_record])
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/v1/completions", self._completions_route)
+        app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
+        app.router.add_get("/v1/models/{model}", self._model)
+        app.router.add_route("*", "/v1/{route:.*}", self._unknown_route)
         app.router.add_post("/admin/mode", self._admin_mode)
         app.router.add_post("/admin/faults", self._admin_schedule)
         app.router.add_delete("/admin/faults", self._admin_clear)
@@ -1053,25 +1091,9 @@ class SimulatedUpstream:
             continuation=chat.kind != "normal", total_chunks=plan.content_chunks
         )
         self._record(request_id, chat, mode, fault)
-        if fault is not None:
-            stats.faults_injected[fault.kind] += 1
-            if fault.kind == HTTP_429:
-                raise _rate_limited(self.settings.retry_after)
-            if fault.kind == HTTP_400:
-                raise ApiError(
-                    400,
-                    "This model does not support assistant message prefill.",
-                    param="messages",
-                    code="invalid_request",
-                )
-            if fault.kind == CONTEXT_LENGTH:
-                raise _context_length_exceeded()
-            if fault.kind == HTTP_500:
-                raise _server_error()
-            if fault.kind == HTTP_503:
-                raise _overloaded()
-            if fault.kind == CONNECT_DROP:
-                return self._drop_connection(request, reset=False)
+        dropped = self._before_response(request, fault)
+        if dropped is not None:
+            return dropped
 
         pacing = self._pacing(mode)
         if chat.stream:
@@ -1080,6 +1102,33 @@ class SimulatedUpstream:
             chat, completions, completion_id=chunk_id, created=created, wire=wire
         )
         return await self._respond_whole(request, request_id, body, plan, fault, pacing, arrived)
+
+    def _before_response(
+        self, request: web.Request, fault: InjectedFault | None
+    ) -> web.StreamResponse | None:
+        """Count ``fault``; one that replaces the whole response raises its HTTP error or
+        drops the connection (returned); a mid-stream one is left to the caller."""
+        if fault is None:
+            return None
+        self.stats.faults_injected[fault.kind] += 1
+        if fault.kind == HTTP_429:
+            raise _rate_limited(self.settings.retry_after)
+        if fault.kind == HTTP_400:
+            raise ApiError(
+                400,
+                "This model does not support assistant message prefill.",
+                param="messages",
+                code="invalid_request",
+            )
+        if fault.kind == CONTEXT_LENGTH:
+            raise _context_length_exceeded()
+        if fault.kind == HTTP_500:
+            raise _server_error()
+        if fault.kind == HTTP_503:
+            raise _overloaded()
+        if fault.kind == CONNECT_DROP:
+            return self._drop_connection(request, reset=False)
+        return None
 
     def _record(
         self, request_id: str, chat: ChatRequest, mode: str, fault: InjectedFault | None
@@ -1219,27 +1268,7 @@ class SimulatedUpstream:
         try:
             loop = asyncio.get_running_loop()
             await asyncio.sleep(max(0.0, arrived + pacing.due(last_step) - loop.time()))
-            if fault is not None and fault.kind == RESET:
-                return self._drop_connection(request, reset=True)
-            if fault is not None and fault.kind == STALL:
-                return await self._stall(request)
-            if fault is not None and fault.kind == ERROR_EVENT:
-                return _server_error().response()
-            payload = orjson.dumps(body)
-            if fault is not None and fault.kind == TRUNCATE:
-                response = web.StreamResponse(
-                    headers={"Content-Type": "application/json", "x-request-id": request_id}
-                )
-                response.content_length = len(payload)
-                await response.prepare(request)
-                await self._write(response, payload[: len(payload) // 2])
-                return self._drop_connection(request, reset=False)
-            self.stats.completed_responses += 1
-            return web.Response(
-                body=payload,
-                content_type="application/json",
-                headers={"x-request-id": request_id},
-            )
+            return await self._whole(request, request_id, orjson.dumps(body), fault)
         except _ClientGone:
             self._client_gone(request_id, 0)
             return web.Response(status=499)
@@ -1247,6 +1276,184 @@ class SimulatedUpstream:
             if not self._stopping:
                 self._client_gone(request_id, 0)
             raise
+
+    async def _whole(
+        self,
+        request: web.Request,
+        request_id: str,
+        payload: bytes,
+        fault: InjectedFault | None,
+    ) -> web.StreamResponse:
+        """A whole JSON body, or what a mid-stream fault makes of it for a client that
+        waits for the whole body: reset and stall before any byte, error_event as HTTP 500,
+        truncate as a short body."""
+        if fault is not None and fault.kind == RESET:
+            return self._drop_connection(request, reset=True)
+        if fault is not None and fault.kind == STALL:
+            return await self._stall(request)
+        if fault is not None and fault.kind == ERROR_EVENT:
+            return _server_error().response()
+        if fault is not None and fault.kind == TRUNCATE:
+            response = web.StreamResponse(
+                headers={"Content-Type": "application/json", "x-request-id": request_id}
+            )
+            response.content_length = len(payload)
+            await response.prepare(request)
+            await self._write(response, payload[: len(payload) // 2])
+            return self._drop_connection(request, reset=False)
+        self.stats.completed_responses += 1
+        return web.Response(
+            body=payload, content_type="application/json", headers={"x-request-id": request_id}
+        )
+
+    # the routes besides chat
+
+    @web.middleware
+    async def _keep_record(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        if request.path.startswith("/v1/"):
+            self.stats.http_requests.append(
+                HttpRecord(
+                    method=request.method,
+                    path=request.path,
+                    query=dict(request.query),
+                    headers=CIMultiDictProxy(CIMultiDict(request.headers)),
+                )
+            )
+        return await handler(request)
+
+    async def _other_route(
+        self,
+        request: web.Request,
+        answer: Callable[[web.Request, str], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """A route besides chat: the API key check, the modes, then ``answer`` (which draws
+        the request's fault)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
+        try:
+            self.stats.requests_by_route[f"{request.method} {request.path}"] += 1
+            self._check_api_key(request)
+            if self._mode == "down":
+                raise _overloaded()
+            return await answer(request, "req_" + secrets.token_hex(16))
+        except ApiError as error:
+            return error.response()
+        except _ClientGone:
+            return web.Response(status=499)
+        finally:
+            self._in_flight.discard(task)
+
+    def _next_fault(self, chunks: int) -> InjectedFault | None:
+        return self._faults.next_fault(continuation=False, total_chunks=chunks)
+
+    async def _json_body(self, request: web.Request) -> Mapping[str, Any]:
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            raise ApiError(400, "We could not parse the JSON body of your request.") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "The request body must be a JSON object.")
+        return body
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        return await self._other_route(request, self._answer_embeddings)
+
+    async def _answer_embeddings(self, request: web.Request, request_id: str) -> web.StreamResponse:
+        try:
+            payload = embeddings_response(await self._json_body(request))
+        except ValueError as error:
+            raise ApiError(400, str(error)) from None
+        fault = self._next_fault(1)
+        dropped = self._before_response(request, fault)
+        if dropped is not None:
+            return dropped
+        return await self._whole(request, request_id, orjson.dumps(payload), fault)
+
+    async def _completions_route(self, request: web.Request) -> web.StreamResponse:
+        return await self._other_route(request, self._answer_completion)
+
+    async def _answer_completion(self, request: web.Request, request_id: str) -> web.StreamResponse:
+        """A legacy text completion; streamed, it faults at chunk positions like chat."""
+        arrived = asyncio.get_running_loop().time()
+        try:
+            model, prompt, max_tokens, stream = completion_request(await self._json_body(request))
+        except ValueError as error:
+            raise ApiError(400, str(error)) from None
+        tokens, finish = completion_tokens(prompt, max_tokens)
+        completion_id = "cmpl-" + secrets.token_hex(12)
+        created = int(time.time())
+        fault = self._next_fault(len(tokens))
+        dropped = self._before_response(request, fault)
+        if dropped is not None:
+            return dropped
+        if not stream:
+            choice = completion_choice("".join(tokens), finish)
+            body = completion_object(completion_id, created, model, [choice])
+            body["usage"] = {
+                "prompt_tokens": len(prompt.split()),
+                "completion_tokens": len(tokens),
+                "total_tokens": len(prompt.split()) + len(tokens),
+            }
+            return await self._whole(request, request_id, orjson.dumps(body), fault)
+
+        def event(text: str, finish_reason: str | None) -> bytes:
+            choice = completion_choice(text, finish_reason)
+            return _sse(completion_object(completion_id, created, model, [choice]))
+
+        events = [StreamEvent(event(t, None), step, False) for step, t in enumerate(tokens)]
+        events.append(StreamEvent(event("", finish), max(0, len(tokens) - 1), True))
+        plan = StreamPlan(events=events, trailer=DONE_EVENT)
+        pacing = self._pacing(self._mode)
+        return await self._stream(request, request_id, plan, fault, pacing, arrived)
+
+    async def _transcriptions(self, request: web.Request) -> web.StreamResponse:
+        return await self._other_route(request, self._answer_transcription)
+
+    async def _answer_transcription(
+        self, request: web.Request, request_id: str
+    ) -> web.StreamResponse:
+        if request.content_type != "multipart/form-data":
+            raise ApiError(400, "Expected a multipart/form-data body with a 'file' part.")
+        audio: bytes | None = None
+        filename = ""
+        async for part in await request.multipart():
+            if isinstance(part, BodyPartReader) and part.name == "file":
+                audio = await part.read()
+                filename = part.filename or ""
+        if audio is None:
+            raise ApiError(400, "Missing required parameter: 'file'.", param="file")
+        fault = self._next_fault(1)
+        dropped = self._before_response(request, fault)
+        if dropped is not None:
+            return dropped
+        payload = orjson.dumps(transcription(audio, filename))
+        return await self._whole(request, request_id, payload, fault)
+
+    async def _model(self, request: web.Request) -> web.StreamResponse:
+        return await self._other_route(request, self._answer_model)
+
+    async def _answer_model(self, request: web.Request, request_id: str) -> web.StreamResponse:
+        model = request.match_info["model"]
+        if model not in self.settings.models:
+            raise ApiError(
+                404, f"The model '{model}' does not exist", param="model", code="model_not_found"
+            )
+        fault = self._next_fault(1)
+        dropped = self._before_response(request, fault)
+        if dropped is not None:
+            return dropped
+        body = {"id": model, "object": "model", "created": 0, "owned_by": "intact-sim"}
+        return await self._whole(request, request_id, orjson.dumps(body), fault)
+
+    async def _unknown_route(self, request: web.Request) -> web.Response:
+        return ApiError(
+            404, f"Invalid URL ({request.method} {request.path})", code="not_found"
+        ).response()
 
     # models and admin
 

@@ -80,6 +80,24 @@ class RequestSummary:
     served_model: str | None = None  # the model that answered (a route may rewrite it)
 
 
+@dataclass(slots=True)
+class PassthroughSummary:
+    """One pass-through request (a /v1/ route intact relays without reading it)."""
+
+    method: str
+    path: str
+    endpoint: str  # bounded: the route's first segment (embeddings, audio, ...) or "other"
+    upstream: str
+    model: str | None
+    outcome: Outcome
+    attempts: int
+    status: int
+    interruptions: list[FailureKind] = field(default_factory=list)
+    duration: float = 0.0
+    response_bytes: int = 0
+    error_code: str | None = None
+
+
 class AttemptTrace(Protocol):
     def __enter__(self) -> AttemptTrace: ...
 
@@ -164,6 +182,13 @@ class AppTelemetry(Protocol):
     """Telemetry that also records what the app-side listener refuses."""
 
     def app_refused(self, app: str, reason: RefusalReason) -> None: ...
+
+
+@runtime_checkable
+class PassthroughTelemetry(Protocol):
+    """Telemetry that also records pass-through requests."""
+
+    def passthrough_done(self, summary: PassthroughSummary) -> None: ...
 
 
 class _NoAttempt:

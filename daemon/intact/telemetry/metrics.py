@@ -60,6 +60,9 @@ ACTIVE_STREAMS: Final = "intact.active_streams"  # -> intact_active_streams (a g
 APP_STREAMS: Final = "intact.app.streams"  # -> intact_app_streams_total{app,outcome}
 APP_ACTIVE_STREAMS: Final = "intact.app.active_streams"  # -> intact_app_active_streams{app}
 APP_REFUSED: Final = "intact.app.refused"  # -> intact_app_refused_total{app,reason}
+# Pass-through requests (every /v1/ route but chat completions and the model list):
+PASSTHROUGH_REQUESTS: Final = "intact.passthrough.requests"
+# -> intact_passthrough_requests_total{api,endpoint,upstream,outcome}
 STREAM_DURATION: Final = "intact.stream.duration"  # -> intact_stream_duration_seconds
 RECOVERY_DURATION: Final = "intact.recovery.duration"  # -> intact_recovery_duration_seconds
 # GenAI client metrics of semantic conventions v1.41.0, the last release that carried them in
@@ -74,6 +77,9 @@ GENAI_TIME_TO_FIRST_CHUNK: Final = "gen_ai.client.operation.time_to_first_chunk"
 
 # --- label keys ---------------------------------------------------------------------------
 UPSTREAM: Final = "upstream"
+API: Final = "api"  # chat | passthrough (and later responses, messages)
+ENDPOINT: Final = "endpoint"
+API_PASSTHROUGH: Final = "passthrough"
 APP: Final = "app"
 MODEL: Final = "model"
 OUTCOME: Final = "outcome"
@@ -197,6 +203,12 @@ class Instruments:
             unit="{request}",
             description="Requests and connections refused before relaying, by app and reason.",
         )
+        self.passthrough_requests = meter.create_counter(
+            PASSTHROUGH_REQUESTS,
+            unit="{request}",
+            description="Pass-through requests (embeddings, audio, files, ...) by endpoint, "
+            "upstream and how they ended.",
+        )
         self.stream_duration = meter.create_histogram(
             STREAM_DURATION,
             unit="s",
@@ -274,6 +286,12 @@ class Instruments:
     def app_labels(self, app: str, *extra: tuple[str, AttributeValue]) -> Attrs:
         """An app's attribute set (+ ``outcome`` or ``reason``); ``app`` is already capped."""
         return self._attrs((APP, app), *extra)
+
+    def passthrough_labels(self, endpoint: str, upstream: str, outcome: str) -> Attrs:
+        """``endpoint`` is bounded by the caller (a known route family or "other")."""
+        return self._attrs(
+            (API, API_PASSTHROUGH), (ENDPOINT, endpoint), (UPSTREAM, upstream), (OUTCOME, outcome)
+        )
 
     def hedge_labels(self, upstream: str, result: str) -> Attrs:
         return self._attrs((UPSTREAM, upstream), (RESULT, result))

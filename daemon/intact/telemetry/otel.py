@@ -29,11 +29,13 @@ from intact.telemetry.api import (
     REQUEST_APP,
     AttemptReason,
     Outcome,
+    PassthroughSummary,
     RefusalReason,
     RequestSummary,
     UpstreamInfo,
 )
 from intact.telemetry.metrics import (
+    API_PASSTHROUGH,
     BREAKER_STATE_LABELS,
     OUTCOME,
     REASON,
@@ -169,6 +171,29 @@ class OtelTelemetry:
     def app_refused(self, app: str, reason: RefusalReason) -> None:
         ins = self.instruments
         ins.app_refused.add(1, ins.app_labels(self.apps.label(app), (REASON, reason.value)))
+
+    def passthrough_done(self, summary: PassthroughSummary) -> None:
+        ins = self.instruments
+        outcome = summary.outcome.value
+        ins.passthrough_requests.add(
+            1, ins.passthrough_labels(summary.endpoint, summary.upstream, outcome)
+        )
+        log.log(
+            logging.WARNING if summary.outcome is Outcome.FAILED else logging.INFO,
+            "request_done",
+            api=API_PASSTHROUGH,
+            outcome=outcome,
+            method=summary.method,
+            path=summary.path,
+            model=summary.model,
+            upstream=summary.upstream,
+            attempts=summary.attempts,
+            interruptions=[kind.value for kind in summary.interruptions],
+            response_bytes=summary.response_bytes,
+            duration_ms=round(summary.duration * 1000.0, 1),
+            status=summary.status,
+            error_code=summary.error_code,
+        )
 
     def breaker_transition(self, upstream: str, old: BreakerState, new: BreakerState) -> None:
         self.breakers.note(upstream, new)

@@ -8,23 +8,36 @@ appears in an error message.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import aiohttp
 import orjson
 import structlog
+import yarl
+from multidict import CIMultiDict
 
 from intact import __version__
 from intact.config import UpstreamConfig
 from intact.resilience import classify
 from intact.resilience.classify import UpstreamFailure
 from intact.telemetry.api import UpstreamInfo
+from intact.upstream.headers import APP_HEADERS, relayed_response_headers
 
 # Error bodies are read to pass them through to the app; a bound keeps a broken proxy from
 # streaming megabytes into memory.
 MAX_ERROR_BODY = 64 * 1024
 USER_AGENT = f"intact/{__version__}"
+# Identity encoding: a compressed event stream may be buffered by the provider or a proxy
+# until a compression block fills, which reads as a stall.
+CHAT_HEADERS = {
+    "Content-Type": "application/json",
+    "Accept": "text/event-stream",
+    "Accept-Encoding": "identity",
+}
+# A relayed request carries the app's own Content-Type and Accept.
+RELAY_HEADERS = {"Accept-Encoding": "identity"}
 
 log = structlog.get_logger("intact.upstream")
 
@@ -92,19 +105,34 @@ class UpstreamClient:
             await self._session.close()
             self._session = None
 
-    def _headers(self, extra: dict[str, str] | None) -> dict[str, str]:
-        # Identity encoding: a compressed event stream may be buffered by the provider or a
-        # proxy until a compression block fills, which reads as a stall.
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream",
-            "Accept-Encoding": "identity",
-        }
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        if extra:
-            headers.update(extra)
+    def _headers(
+        self, extra: Mapping[str, str] | None, defaults: Mapping[str, str] = CHAT_HEADERS
+    ) -> CIMultiDict[str]:
+        """A request's headers, later ones winning: ``defaults``, intact's API key, the
+        app's forwarded headers (and its credentials where ``forward_api_key``), this
+        upstream's ``headers``, then the call's own ``extra``."""
+        headers = CIMultiDict(defaults)
+        app = APP_HEADERS.get()
+        with_credentials = self.config.forward_api_key
+        if self._api_key and not (with_credentials and app.credentials):
+            name = self.config.api_key_header
+            bearer = name.lower() == "authorization"
+            headers[name] = f"Bearer {self._api_key}" if bearer else self._api_key
+        for layer in (app.for_upstream(with_credentials=with_credentials), self.config.headers):
+            for name, value in dict(layer).items():
+                headers[name] = value
+        for name, value in (extra or {}).items():
+            headers[name] = value
         return headers
+
+    def _url(self, path: str, query: str = "") -> yarl.URL:
+        """base_url + ``path`` with ``query`` (both already percent-encoded) and this
+        upstream's ``query`` parameters, which replace the app's of the same name."""
+        extra = self.config.query
+        if extra:
+            kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in extra]
+            query = urlencode([*kept, *extra.items()])
+        return yarl.URL(self._base + path + ("?" + query if query else ""), encoded=True)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -122,7 +150,7 @@ class UpstreamClient:
         """
         try:
             resp = await self.session.post(
-                self._base + "/chat/completions", data=body, headers=self._headers(headers)
+                self._url("/chat/completions"), data=body, headers=self._headers(headers)
             )
         except aiohttp.ClientError as exc:
             raise classify.from_exception(exc, before_response=True) from None
@@ -139,26 +167,48 @@ class UpstreamClient:
             raw = b""
         finally:
             resp.close()
-        # Hop-by-hop and framing headers must not be copied onto our own response.
-        keep = {
-            k: v
-            for k, v in resp.headers.items()
-            if k.lower()
-            not in (
-                "content-length",
-                "transfer-encoding",
-                "connection",
-                "content-encoding",
-                "keep-alive",
+        raise classify.from_status(resp.status, relayed_response_headers(resp.headers), raw)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: str = "",
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+    ) -> aiohttp.ClientResponse:
+        """Send any request to ``path`` (relative to base_url; ``path`` and ``query`` still
+        percent-encoded) and return the response, body unread, unless its status is one to
+        retry.
+
+        Raises UpstreamFailure for connection problems and retryable statuses (408, 429,
+        5xx; after reading a bounded error body so it can be passed through).
+        """
+        try:
+            resp = await self.session.request(
+                method,
+                self._url(path, query),
+                data=body or None,
+                headers=self._headers(headers, RELAY_HEADERS),
             )
-        }
-        raise classify.from_status(resp.status, keep, raw)
+        except aiohttp.ClientError as exc:
+            raise classify.from_exception(exc, before_response=True) from None
+        if resp.status not in classify.RETRYABLE_STATUSES and resp.status < 500:
+            return resp
+        try:
+            raw = await _read_bounded(resp)
+        except aiohttp.ClientError:
+            raw = b""
+        finally:
+            resp.close()
+        raise classify.from_status(resp.status, relayed_response_headers(resp.headers), raw)
 
     async def list_models(self, time_limit: float) -> dict[str, Any]:
         """GET /models; raises UpstreamFailure on any problem."""
         try:
             async with self.session.get(
-                self._base + "/models",
+                self._url("/models"),
                 headers=self._headers({"Accept": "application/json"}),
                 timeout=aiohttp.ClientTimeout(total=time_limit),
             ) as resp:

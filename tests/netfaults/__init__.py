@@ -1,0 +1,1 @@
+"""Real network faults between intact and its upstream (network namespaces)."""
