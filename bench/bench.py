@@ -49,7 +49,7 @@ PATH_NAMES = {"direct": DIRECT, "intact": INTACT, "pipe": PIPE, "litellm": LITEL
 ORDER = [DIRECT, INTACT, PIPE, LITELLM]
 DEFAULT_WORKLOADS = "100x50,1000x20,10000x1,100x50-faults,1000x20-faults"
 QUICK_WORKLOADS = "20x50,20x50-faults"
-SWEEP_STREAMS = (25, 100, 200, 400, 800)
+SWEEP_STREAMS = (25, 50, 100, 200, 300, 400, 600, 800)
 SWEEP_TOK_PER_S = 50.0
 FAULT_KINDS = "reset,truncate,error_event"  # interruptions noticed the moment they strike
 SIM_TTFT = 0.2
@@ -203,6 +203,18 @@ class Bench:
                 path.stop()
         self.sim.stop()
 
+    def restart_light_relays(self) -> None:
+        """A fresh intact and byte pipe for every workload: a Python process keeps the memory
+        a bigger workload made it take, so RSS before -> peak would say nothing. (LiteLLM
+        takes up to a minute to start and is kept running: its RSS is not per workload.)"""
+        for path in list(self.paths):
+            if path.name in (INTACT, PIPE):
+                path.stop()
+                try:
+                    path.start(self.sim.url)
+                except (StartError, OSError) as exc:
+                    self.drop(path, f"did not restart: {exc}")
+
     def paths_for(self, wl: Workload) -> list[RelayPath]:
         chosen = []
         for p in self.paths:
@@ -249,6 +261,7 @@ class Bench:
         rounds, ramp, warmup, measure = phase_lengths(wl, self.args)
         print(f"\n== {wl.describe()}: {rounds} round(s) of {measure:g} s per path", flush=True)
         self.sim.start(wl)
+        self.restart_light_relays()
         self.prime(wl)
         paths = self.paths_for(wl)
         by_path = self.results.setdefault(wl, {})
@@ -501,7 +514,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=",".join(map(str, SWEEP_STREAMS)),
         help="stream counts (x 50 tokens/s) of the max-rate sweep; '' skips it",
     )
-    parser.add_argument("--sweep-seconds", type=float, default=4.0)
+    parser.add_argument("--sweep-seconds", type=float, default=3.0)
     parser.add_argument(
         "--litellm-max-streams",
         type=int,

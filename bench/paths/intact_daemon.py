@@ -35,6 +35,7 @@ class IntactDaemon:
         self.pid: int | None = None
 
     def start(self, upstream: str) -> None:
+        self.socket.unlink(missing_ok=True)  # a stale file would look ready
         limit = self.max_streams + 64
         self.config.write_text(
             f"""[server]

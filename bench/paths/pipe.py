@@ -22,6 +22,7 @@ class BytePipe:
         self.pid: int | None = None
 
     def start(self, upstream: str) -> None:
+        self.socket.unlink(missing_ok=True)  # a stale file would look ready
         cmd = [sys.executable, str(SERVER), "--socket", str(self.socket), "--upstream", upstream]
         self._proc = spawn(cmd, self.log, self.socket.exists)
         self.pid = self._proc.pid

@@ -234,7 +234,12 @@ async def test_an_app_leaving_at_any_phase_touches_no_breaker_budget_or_interrup
     }
     for name, (sim_over, faults) in phases.items():
         telemetry = Summaries()
-        retry = {"base_delay": 1.0, "max_delay": 1.0, "budget_min_per_second": 100.0}
+        retry = {
+            "base_delay": 1.0,
+            "max_delay": 1.0,
+            "jitter": "none",
+            "budget_min_per_second": 100.0,
+        }
         async with (
             fast_sim(**sim_over) as sim,
             daemon_for(tmp_path, sim, telemetry=telemetry, retry=retry) as d,

@@ -85,8 +85,8 @@ async def start_simulator(ns: UpstreamNamespace, seed: int = 1) -> Spawned:
 
 
 def netfault_config(tmp_path: Path, ns: UpstreamNamespace, **over: Any) -> Config:
-    """The daemon's defaults, with timeouts sized for a 400 ms round trip and backoff waits
-    short enough to bound each test."""
+    """The daemon's defaults (backoff and retry budget included), with stream timeouts sized
+    for a simulator that answers at once over a 400 ms round trip."""
     return build_config(
         {
             "server": {
@@ -94,7 +94,6 @@ def netfault_config(tmp_path: Path, ns: UpstreamNamespace, **over: Any) -> Confi
                 "metrics_addr": "off",
                 "drain_timeout": 2.0,
             },
-            "retry": {"base_delay": 0.1, "max_delay": 1.0},
             "stream": {
                 "connect_timeout": 3.0,
                 "first_token_timeout": 5.0,

@@ -230,17 +230,21 @@ async def apply_netem(ns: UpstreamNamespace, netem: Netem, port: int, seed: int)
     userspace_netem.py, fed by an iptables NFQUEUE rule on the upstream's port (returns
     that process; `netem_counts` stops it and reads what it did).
     """
-    tc = ["qdisc", "add", "dev"]
-    first = run("tc", *tc, ns.root_veth, "root", *netem.tc_args(), check=False)
-    if first.returncode == 0:
-        await arun(*ns.exec_argv("tc", *tc, ns.ns_veth, "root", *netem.tc_args()))
-        return None
-    if "unknown" not in first.stderr.lower():
-        raise RuntimeError(f"tc netem failed: {first.stderr.strip()}")
+    if shutil.which("tc") is None:
+        why_not_tc = "tc (iproute2) is not installed"
+    else:
+        tc = ["qdisc", "add", "dev"]
+        first = run("tc", *tc, ns.root_veth, "root", *netem.tc_args(), check=False)
+        if first.returncode == 0:
+            await arun(*ns.exec_argv("tc", *tc, ns.ns_veth, "root", *netem.tc_args()))
+            return None
+        if "unknown" not in first.stderr.lower():
+            raise RuntimeError(f"tc netem failed: {first.stderr.strip()}")
+        why_not_tc = "this kernel has no sch_netem"
     if shutil.which("iptables") is None:
         raise NetnsUnavailable(
-            "this kernel has no sch_netem and iptables (for the NFQUEUE fallback) is not "
-            "installed (apt-get install iptables)"
+            f"{why_not_tc}, and iptables (for the NFQUEUE fallback) is not installed "
+            "(apt-get install iproute2 iptables)"
         )
     queue = 1 + secrets.randbelow(60000)
     emulator = await ns.spawn(
