@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -75,6 +76,7 @@ class RunningDaemon:
     clock: Clock = SYSTEM_CLOCK
     environ: dict[str, str] | None = None
     retiring: set[asyncio.Task[None]] = field(default_factory=set)
+    built: list[UpstreamRuntime] = field(default_factory=list)  # by reloads
 
     async def reload(self, load: ConfigLoader) -> bool:
         """Re-read the config and the API keys. New requests use the new config; streams in
@@ -85,6 +87,9 @@ class RunningDaemon:
             new = load()
         except ConfigError as exc:
             log.error("reload_rejected", error=str(exc))
+            return False
+        except (OSError, UnicodeDecodeError) as exc:  # unreadable file: same answer
+            log.error("reload_rejected", error=f"{type(exc).__name__}: {exc}")
             return False
         old = self.config
         for path in RESTART_ONLY:
@@ -101,6 +106,7 @@ class RunningDaemon:
                 upstreams.append(kept)
                 continue
             runtime = UpstreamRuntime.build(cfg, telemetry, clock=self.clock, environ=self.environ)
+            self.built.append(runtime)  # closed at exit whatever happens to it
             await runtime.client.start()
             started.append(runtime)
             upstreams.append(runtime)
@@ -122,15 +128,13 @@ class RunningDaemon:
         return True
 
     async def _retire(self, old: list[UpstreamRuntime]) -> None:
-        """Close replaced upstreams' sessions once no request in flight holds them."""
-        deadline = max(u.config.stream.total_timeout for u in old)
-        waited = 0.0
-        while waited < deadline:
-            in_use = self.relay.upstreams_in_use()
-            if not any(id(u) in in_use for u in old):
+        """Close replaced upstreams' sessions once no request in flight holds them (the
+        daemon's exit closes them in any case)."""
+        # No event says "the last request holding these ended": look now and then.
+        for _ in itertools.count():
+            if not any(id(u) in self.relay.upstreams_in_use() for u in old):
                 break
             await asyncio.sleep(RETIRE_POLL)
-            waited += RETIRE_POLL
         for u in old:
             await u.client.close()
 
@@ -252,7 +256,7 @@ async def running_daemon(
         for task in list(running.retiring):
             task.cancel()
         await asyncio.gather(*running.retiring, return_exceptions=True)
-        for up in {id(u): u for u in [*upstreams, *relay.upstreams]}.values():
+        for up in {id(u): u for u in [*upstreams, *running.built]}.values():
             await up.client.close()
         sock.close()
         remove_socket_file(path, inode)
@@ -284,7 +288,10 @@ async def serve_until_signalled(
             while True:
                 await hup.wait()
                 hup.clear()
-                await daemon.reload(load_config)
+                try:
+                    await daemon.reload(load_config)
+                except Exception:  # a bug must not end SIGHUP handling for good
+                    log.exception("reload_failed")
 
         reloader = loop.create_task(reload_on_hup()) if load_config is not None else None
         try:

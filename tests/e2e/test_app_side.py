@@ -296,3 +296,22 @@ async def test_completed_streams_still_complete(tmp_path: Path) -> None:
     async with fast_sim() as sim, daemon_for(tmp_path, sim) as d:
         seen = await stream_chat(sdk(d.socket_path))
     assert seen.error is None and seen.finish_reason == "stop"
+
+
+async def test_a_quiet_stretch_with_nothing_to_write_is_not_the_apps_slowness(
+    tmp_path: Path,
+) -> None:
+    """Regression: the app's write clock ran while intact had nothing to send it (a stall
+    and its resume), and the stream's end was then judged client_too_slow."""
+    async with (
+        fast_sim(tok_per_s=100.0) as sim,
+        daemon_for(
+            tmp_path,
+            sim,
+            server={"app_write_timeout": 0.5},
+            stream={"stall_timeout": 0.8},
+        ) as d,
+    ):
+        sim.schedule_faults(["stall@5"])
+        seen = await stream_chat(sdk(d.socket_path))
+    assert seen.error is None and seen.finish_reason == "stop"

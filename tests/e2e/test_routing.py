@@ -375,3 +375,24 @@ async def test_answer_start_timeout_does_not_cut_an_answer_that_started(tmp_path
     ):
         seen = await stream_chat(sdk(d.socket_path))
     assert seen.error is None and seen.text == EXPECTED.content
+
+
+async def test_no_hedge_once_the_primary_has_answered(tmp_path: Path) -> None:
+    """A long answer that started before hedge_after is not raced by a stray hedge."""
+    rec = Recorder()
+    async with (
+        fast_sim(ttft=0.05, tok_per_s=150.0) as primary,  # ~1.4 s of answer
+        fast_sim() as fallback,
+        daemon_for(
+            tmp_path,
+            [primary, fallback],
+            telemetry=rec,
+            upstreams=two(primary, fallback),
+            routing={"hedge_after": 0.3},
+        ) as d,
+    ):
+        seen = await stream_chat(sdk(d.socket_path))
+        calls = fallback.stats.chat_requests
+    assert seen.error is None and seen.text == EXPECTED.content
+    assert rec.hedges == [] and calls == 0
+    assert rec.summaries[0].attempts == 1

@@ -5,6 +5,8 @@ Every case runs with the continuation fed whole, one char at a time, and in rand
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -65,7 +67,7 @@ def chunked(text: str, sizes: list[int]) -> list[str]:
     return out
 
 
-SPLITS = {"whole": lambda text: [text], "chars": list}
+SPLITS: dict[str, Callable[[str], list[str]]] = {"whole": lambda text: [text], "chars": list}
 
 # (partial, continuation, prefill result, instruct result).
 # prefill: the model continues its own tokens, so its text is kept, doubles included.
@@ -149,6 +151,20 @@ REPORTED = {
         " about the weather.",
         ABOUT + " about the weather.",
         ABOUT + " about the weather.",
+    ),
+    # Seen in chaos runs: prefill must never drop a natural double.
+    "prefill-doubled-word": (
+        "It seems that",
+        " that future holds.",
+        "It seems that that future holds.",
+        "It seems that that future holds.",
+    ),
+    # The e2e failure: a restated tail with a doubled space inside.
+    "restated-tail-with-a-doubled-space": (
+        "One answer, whereas no canvas keeps",
+        "answer, whereas no canvas  keeps some stone.",
+        "One answer, whereas no canvas keepsanswer, whereas no canvas  keeps some stone.",
+        "One answer, whereas no canvas keeps some stone.",
     ),
     "paraphrased-restart": (PLAN, PLAN_AGAIN, PLAN + PLAN_AGAIN, DIVERGED),
     "earlier-line-reused": (
@@ -446,6 +462,57 @@ ADVERSARIAL = {
         "好的，下面是我的回答。小猫喜欢花园。老师好，下面是我的回答。我们需要时间。",
         DIVERGED,
     ),
+    "restart-reworded-inside-the-first-words": (
+        "Every anchor",
+        "Each anchor reviews the table.",
+        "Every anchorEach anchor reviews the table.",
+        DIVERGED,
+    ),
+    "restart-contracted-inside-the-first-sentence": (
+        "Here is",
+        "Here's how I see it. The river flows.",
+        "Here isHere's how I see it. The river flows.",
+        DIVERGED,
+    ),
+    "cjk-restart-reworded-inside-the-first-sentence": (
+        "好的，下",
+        "好，下面是我的回答。我们需要时间。",
+        "好的，下好，下面是我的回答。我们需要时间。",
+        DIVERGED,
+    ),
+    # A reworded restart that happens to start with the partial's last character.
+    "cjk-restart-reworded-after-a-double": (
+        "好的，下面是我的回答。小猫好好",
+        "好，下面是我的回答。我们需要时间。",
+        "好的，下面是我的回答。小猫好好好，下面是我的回答。我们需要时间。",
+        DIVERGED,
+    ),
+    "cjk-stop-restated": (
+        "はい、説明します。川は道を見ます。",
+        "。町は窓を作ります。",
+        "はい、説明します。川は道を見ます。。町は窓を作ります。",
+        "はい、説明します。川は道を見ます。町は窓を作ります。",
+    ),
+    "json-quote-restated": (
+        '{\n  "name": "a",\n  "',
+        '"tags": []\n}',
+        '{\n  "name": "a",\n  ""tags": []\n}',
+        '{\n  "name": "a",\n  "tags": []\n}',
+    ),
+    # A row like the one before it, or after it: how much was restated cannot be told.
+    "table-row-like-the-one-before": (
+        "| a | b |\n|---|---|\n| 4 | soft |\n| 5 | dry |\n| 5 |",
+        "| dry |\n| 5 | dry |\n",
+        "| a | b |\n|---|---|\n| 4 | soft |\n| 5 | dry |\n| 5 || dry |\n| 5 | dry |\n",
+        DIVERGED,
+    ),
+    "table-row-like-the-one-after": (
+        "| a | b |\n|---|---|\n| grand | short |\n| rustic | invisible |\n",
+        "|\n| rustic | invisible |\n| careful | dense |\n",
+        "| a | b |\n|---|---|\n| grand | short |\n| rustic | invisible |\n|\n"
+        "| rustic | invisible |\n| careful | dense |\n",
+        DIVERGED,
+    ),
     # A new sentence after the separator is text, whatever its first word.
     "new-sentence-after-the-separator": (
         "Of course. The lantern was quiet.",
@@ -537,7 +604,7 @@ EARLIER = {
         "The quick brown foxquick brown fox jumps.",
         "The quick brown fox jumps.",
     ),
-    "tail-repeat": (
+    "tail-repeat-two-words": (
         "one two three",
         "two three four",
         "one two threetwo three four",

@@ -4,15 +4,21 @@ What is a repeat depends on what the resume mode makes the model do. Prefill/pre
 model continues its own tokens, so its text is new even when it doubles a word ("had had")
 or a closing line; only a server echoing the whole partial first (llama-server) is dropped.
 Instruct: the model reads the partial and is asked to go on, and often restates its last
-words or lines, or starts over. Both modes are sent the partial without its trailing
-whitespace (tokenizers re-merge it, some APIs reject it, chat templates trim it), so the
-seam says which it is: a model going on regenerates the separator (" had", "\\n| 2 |"), one
-restating starts at a word or line of the partial, glued to it ("had had", "| 2 |\\n").
-The glued restatement is dropped (its blank runs may differ within a line); the separator
-that follows is the text's own, so a doubled word or row after it is kept. A restart is cut
-to what is new; one that departs from the partial, or new text glued where the partial
-needs a separator ("corner.Certainly."), cannot be placed and raises ContinuationDiverged.
-Lines are compared with their indentation: ``}`` never repeats ``  }``.
+words or lines, or starts over.
+
+Every mode is sent the partial without its trailing whitespace (tokenizers re-merge it, some
+APIs reject it, chat templates trim it), and whitespace the model sends again is not sent
+twice. That makes the seam the evidence in instruct mode: a model going on sends the
+separator first (" had", "\\n| 2 |"), so what follows is the text's own, doubled words and
+rows included; a model restating starts at one of the partial's words or lines (with its
+indentation), glued to it ("had had", "| 2 |\\n"), and that restatement is dropped (blank
+runs inside a line may differ). A restart is cut to what is new. What cannot be placed
+raises ContinuationDiverged, so the relay tries again and then fails explicitly: a restart
+that departs from the partial or rewords its opening ("Here's" for "Here is"), new text glued
+where the partial needs a separator ("corner.Certainly."), and the two ambiguities no text
+settles: a restated CJK character that may be natural reduplication (看|看) unless the
+partial shows which, and restated lines of a partial that repeats them (table rows; a
+Markdown table's header settles how many cells a row has).
 """
 
 from __future__ import annotations

@@ -101,10 +101,18 @@ class AppWriter:
             raise AppGone() from self._failure
         if self._eof or self._abandoned:
             return
+        self._wake()
         self._frames.append(frame)
         self._queued += len(frame)
-        self._idle.clear()
         self._ready.set()
+
+    def _wake(self) -> None:
+        """Bytes are about to wait for the app: its clock starts now if it had nothing
+        pending (time without anything to write is not the app's slowness)."""
+        if self._idle.is_set():
+            self._progress = self._loop.time()
+            self._seen_buffer = self._buffer_size()
+            self._idle.clear()
 
     async def room(self) -> None:
         """Wait while the buffer is over its bound; AppTooSlow if the app makes no progress
@@ -118,8 +126,8 @@ class AppWriter:
             return
         if final:
             self.put(final)
+        self._wake()
         self._eof = True
-        self._idle.clear()
         self._ready.set()
         while not self._idle.is_set():
             await self._await_progress(self._idle)
@@ -202,10 +210,11 @@ class AppWriter:
             self._idle.set()
             self._progressed.set()
 
-    async def abandon(self, final: bytes) -> None:
+    async def abandon(self, final: bytes, *, linger: float | None = None) -> None:
         """The app is too slow: drop what it has not taken, append ``final`` (an error
         event) behind what the transport already holds, and give the app
-        server.slow_app_linger to read it before the connection is aborted."""
+        server.slow_app_linger (or ``linger``) to read it before the connection is
+        aborted."""
         if self._abandoned:
             return
         self._abandoned = True
@@ -223,7 +232,7 @@ class AppWriter:
         ending = self._loop.create_task(
             self._end(b"" if self._eof_started else final), name="intact-app-ending"
         )
-        done, _ = await asyncio.wait({ending}, timeout=self._linger)
+        done, _ = await asyncio.wait({ending}, timeout=self._linger if linger is None else linger)
         if not done:
             transport.abort()  # wakes the blocked drains with a connection error
         await asyncio.gather(ending, writer, return_exceptions=True)

@@ -79,6 +79,9 @@ class _Race:
         self.winner: Target | None = None
         self.tasks: list[asyncio.Task[UpstreamFailure | None]] = []
 
+    def decided(self) -> bool:
+        return self.winner is not None
+
     def claim(self, target: Target) -> bool:
         if self.winner is None:
             self.winner = target
@@ -447,6 +450,8 @@ class _Run:
             raise await refuse(
                 "retry_budget_exhausted", f"retry budget of upstream {name} is spent"
             )
+        # Last, the pacing slot (only for a call that will be made).
+        wait = max(wait, up.rate_limit.reserve(self.loop.time()))
         if wait > 0:
             await self.relay.clock.sleep(wait)
         return await self.admit(up, refuse)
@@ -501,6 +506,14 @@ class _Run:
             racers[task] = (target, sl)
             race.tasks.append(task)
 
+            def settle(_: object) -> None:
+                # A racer cancelled before it ran never judged its call: both are no-ops
+                # once done.
+                pm.release()
+                sl.release()
+
+            task.add_done_callback(settle)
+
         start(first, reason, slot, permit)
         hedge_at = self.loop.time() + hedge_after
         hedged: list[Target] = []
@@ -514,11 +527,21 @@ class _Run:
                     racers, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
                 if not done:
+                    if race.decided():
+                        continue  # answered meanwhile: no hedge, wait for the winner
                     hedge = await self.hedge(racers.values())
                     if hedge is None:
                         self.hedges = self.max_hedges  # nowhere to hedge to: stop trying
                         continue
                     target, sl, pm = hedge
+                    if race.decided():  # answered while the hedge was admitted
+                        sl.release()
+                        pm.release()
+                        continue
+                    self.hedges += 1
+                    self.summary.attempts += 1
+                    self.plan.attempted(target)
+                    log.info("hedge", upstream=target.upstream.name, after=hedge_after)
                     hedged.append(target)
                     start(target, AttemptReason.HEDGE, sl, pm)
                     hedge_at = self.loop.time() + hedge_after
@@ -567,12 +590,6 @@ class _Run:
                 slot, permit = await self.admit(target, skip)
             except _Skip:
                 continue
-            self.hedges += 1
-            self.summary.attempts += 1
-            self.plan.attempted(target)
-            log.info(
-                "hedge", upstream=runtime.name, after=target.upstream.config.routing.hedge_after
-            )
             return target, slot, permit
         return None
 
@@ -833,8 +850,13 @@ class _Run:
         s.outcome = Outcome.FAILED
         s.error_code = error.code
         s.status = error.status
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.wait_for(self.sink.fail(error), timeout=SHUTDOWN_NOTICE_SECONDS / 2)
+        except Exception:
+            # The app is behind (or gone): error behind what it has, then end the
+            # connection, so the writer is done before the handler returns.
+            with contextlib.suppress(Exception):
+                await self.sink.abort(error, linger=SHUTDOWN_NOTICE_SECONDS / 2)
 
     async def fail_internal(self) -> None:
         await self._end_abruptly(

@@ -293,6 +293,7 @@ class _PassthroughRun:
         elif not runtime.budget.try_withdraw():
             log.warning("retry_budget_exhausted", upstream=name)
             raise _Refusal("retry_budget_exhausted", f"retry budget of upstream {name} is spent")
+        wait = max(wait, target.rate_limit.reserve(self.loop.time()))  # the call is certain
         if wait > 0:
             await self.relay.clock.sleep(wait)
         slot = await runtime.bulkhead.acquire()

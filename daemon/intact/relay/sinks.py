@@ -58,6 +58,9 @@ class AppSink(Protocol):
     async def gone(self) -> None:
         """The app left: release what the sink holds, write nothing."""
 
+    async def abort(self, error: AppError, linger: float) -> None:
+        """End now, ``error`` best effort within ``linger`` seconds."""
+
     async def pass_through(self, error: UpstreamResponseError) -> None:
         """A final upstream error, before commit, returned as the upstream sent it."""
 
@@ -148,6 +151,12 @@ class SSESink:
         if self._writer is not None:
             await self._writer.cancel()
 
+    async def abort(self, error: AppError, linger: float) -> None:
+        """Could not end in time (the drain deadline): ``error`` behind what the app has
+        already been sent, at most ``linger`` seconds for it, then the connection ends."""
+        if self._writer is not None:
+            await self._writer.abandon(error.sse_event(), linger=linger)
+
     async def pass_through(self, error: UpstreamResponseError) -> None:
         self.result = json_response(error.status, error.body, error.headers)
 
@@ -228,6 +237,9 @@ class CompletionSink:
 
     async def gone(self) -> None:
         return None
+
+    async def abort(self, error: AppError, linger: float) -> None:
+        await self.fail(error)
 
     def completion(self) -> dict[str, Any]:
         choices = []

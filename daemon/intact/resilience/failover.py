@@ -103,11 +103,12 @@ class FailoverPlan(Generic[U]):
         return usable[0], len(usable) > 1
 
     def delay_before(self, up: U, now: float) -> float | None:
-        """Seconds to wait before the next attempt on ``up`` (taking its pacing slot); None
-        if that is longer than the upstream's ``max_retry_after``."""
-        if up.rate_limit.peek(now) > up.max_retry_after:
+        """Seconds to wait before the next attempt on ``up`` (its pacing slot is taken by
+        the caller once the attempt is certain); None if that is longer than the
+        upstream's ``max_retry_after``."""
+        paced = up.rate_limit.peek(now)
+        if paced > up.max_retry_after:
             return None
-        paced = up.rate_limit.reserve(now)
         failure = self.last_failure
         if self.last_upstream is not up or failure is None:
             return paced

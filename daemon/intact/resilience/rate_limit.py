@@ -18,12 +18,13 @@ from intact.config import RetryConfig
 class RateLimitGate:
     """One upstream's call pacing after 429s and provider push-back."""
 
-    __slots__ = ("_base", "_cap", "_next", "_spacing", "consecutive")
+    __slots__ = ("_base", "_cap", "_hold", "_next", "_spacing", "consecutive")
 
     def __init__(self, base_delay: float, max_delay: float) -> None:
         self._base = base_delay
         self._cap = max_delay
-        self._next = 0.0  # loop time of the next call allowed while paced
+        self._next = 0.0  # loop time of the next call let out while paced
+        self._hold = 0.0  # no call before this loop time (a provider's own Retry-After)
         self._spacing = 0.0  # seconds between calls while paced
         self.consecutive = 0  # 429s in a row
 
@@ -37,14 +38,14 @@ class RateLimitGate:
 
     def peek(self, now: float) -> float:
         """Seconds until a call would be let out, without taking the slot."""
-        return max(0.0, self._next - now)
+        return max(0.0, max(self._next, self._hold) - now)
 
     def reserve(self, now: float) -> float:
-        """Take the next call slot; return the seconds to wait for it (0 when not paced)."""
-        if not self._spacing:
-            return max(0.0, self._next - now)
-        slot = max(now, self._next)
-        self._next = slot + self._spacing
+        """Take the next call slot (only when the call will be made); return the seconds
+        to wait for it (0 when neither paced nor held)."""
+        slot = max(now, self._next, self._hold)
+        if self._spacing:
+            self._next = slot + self._spacing
         return slot - now
 
     def rate_limited(self, now: float, pushback: float | None, rng: random.Random) -> None:
@@ -52,6 +53,7 @@ class RateLimitGate:
         self.consecutive += 1
         if pushback is not None:
             step = pushback
+            self._hold = max(self._hold, now + pushback)
         else:
             step = min(self._cap, self._base * 2 ** min(self.consecutive - 1, 30))
             step = min(self._cap, step * (1 + 0.5 * rng.random()))
@@ -60,9 +62,10 @@ class RateLimitGate:
 
     def pushed_back(self, now: float, seconds: float) -> None:
         """A provider asked every caller to wait (e.g. 503 with Retry-After)."""
-        self._next = max(self._next, now + seconds)
+        self._hold = max(self._hold, now + seconds)
 
     def succeeded(self) -> None:
-        """The upstream served a call: pacing ends."""
+        """The upstream served a call: pacing ends (a provider's own wait still holds)."""
         self.consecutive = 0
         self._spacing = 0.0
+        self._next = 0.0

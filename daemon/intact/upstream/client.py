@@ -158,8 +158,12 @@ class UpstreamClient:
             ctype = resp.headers.get("Content-Type", "")
             if "text/event-stream" in ctype:
                 return resp
-            raw = await _read_bounded(resp)
-            resp.close()
+            try:
+                raw = await _read_bounded(resp)
+            except aiohttp.ClientError as exc:  # a proxy page cut mid-body
+                raise classify.from_exception(exc, before_response=True) from None
+            finally:
+                resp.close()
             raise _non_stream_200(raw, ctype)
         try:
             raw = await _read_bounded(resp)
