@@ -52,8 +52,7 @@ async def daemon_for(
     sims = sims if isinstance(sims, list) else [sims]
     # The simulator continues an assistant prefill like vLLM or llama.cpp do.
     ups = over.pop("upstreams", None) or [
-        {"name": f"sim{i}", "base_url": s.base_url, "resume": "prefill"}
-        for i, s in enumerate(sims)
+        {"name": f"sim{i}", "base_url": s.base_url, "resume": "prefill"} for i, s in enumerate(sims)
     ]
     cfg = fast_config(tmp_path, ups, **over)
     async with running_daemon(cfg, telemetry=telemetry) as d:

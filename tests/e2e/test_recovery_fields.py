@@ -147,6 +147,7 @@ async def test_usage_after_a_resume_matches_the_uninterrupted_answer(tmp_path: P
     assert healed_usage["prompt_tokens"] == clean_usage["prompt_tokens"]
     assert healed_usage["completion_tokens"] == clean_usage["completion_tokens"]
     details = healed_usage.get("completion_tokens_details") or {}
-    assert details.get("reasoning_tokens") == clean_usage["completion_tokens_details"][
-        "reasoning_tokens"
-    ]
+    assert (
+        details.get("reasoning_tokens")
+        == clean_usage["completion_tokens_details"]["reasoning_tokens"]
+    )

@@ -26,9 +26,7 @@ EXPECTED = expected_answer(MESSAGES)
 INTACT = [sys.executable, "-m", "intact"]
 
 
-def write_config(
-    path: Path, tmp_path: Path, upstreams: list[dict[str, Any]], **over: Any
-) -> None:
+def write_config(path: Path, tmp_path: Path, upstreams: list[dict[str, Any]], **over: Any) -> None:
     lines = [
         "[server]",
         f'socket = "{tmp_path / "intact.sock"}"',
