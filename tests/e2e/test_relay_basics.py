@@ -195,6 +195,9 @@ async def test_a_burst_of_connecting_apps_is_never_reset(tmp_path: Path) -> None
                     await r.read()
                     return r.status
 
-            # 300 at once: within max_concurrent_streams (256) + max_queued (64).
+            # 300 at once: within max_concurrent_streams (256) + max_queued (64). Every
+            # connection is answered (a queued one may time out into an explicit 503 on a
+            # loaded machine); none is reset (aiohttp would raise).
             statuses = await asyncio.gather(*(one() for _ in range(300)))
-    assert statuses == [200] * 300
+    assert set(statuses) <= {200, 503}
+    assert statuses.count(200) >= 256

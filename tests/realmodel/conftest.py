@@ -1,9 +1,9 @@
 """A real LLM for the test suite: llama.cpp's llama-server with SmolLM2-135M-Instruct on CPU.
 
 tools/real_model.sh builds both into a cache once (~5 min on 2 cores; `make real-model`).
-Without the cache these tests are skipped, unless INTACT_REAL_MODEL=1 (set by .ci/run), which
+Without the cache these tests are skipped, unless REQUIRE_REAL_MODEL=1 (set by .ci/run), which
 builds it if missing and makes a missing or broken model a failure instead of a skip.
-INTACT_MODEL_CACHE points at another cache directory, INTACT_MODEL_THREADS sets llama-server's -t.
+REAL_MODEL_CACHE points at another cache directory, REAL_MODEL_THREADS sets llama-server's -t.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from realmodel.llama import PROMPTS, RECORD, LlamaServer, Reference, fetch_refer
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "tools" / "real_model.sh"
-REQUIRED = os.environ.get("INTACT_REAL_MODEL") == "1"
+REQUIRED = os.environ.get("REQUIRE_REAL_MODEL") == "1"
 # Seconds the first real-model test may take when it has to build llama-server first.
 BUILD_TIMEOUT = 1200
 # One thread: the test process (SDK, intact, proxy) needs the other core, and two spinning
 # llama.cpp threads on a busy 2-core machine stall for seconds (real-model.md: -t 1 is steadier).
-THREADS = os.environ.get("INTACT_MODEL_THREADS", "1")
+THREADS = os.environ.get("REAL_MODEL_THREADS", "1")
 
 
 def model_cache() -> Path:
@@ -65,7 +65,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServ
         if not REQUIRED:
             pytest.skip(
                 f"no real model in {cache}: run `make real-model` (tools/real_model.sh) once, "
-                "or set INTACT_REAL_MODEL=1 to build it and require these tests"
+                "or set REQUIRE_REAL_MODEL=1 to build it and require these tests"
             )
         subprocess.run(["bash", str(BUILD_SCRIPT), sys.executable], check=True)
     port = _free_port()

@@ -7,6 +7,8 @@ natural doubled words, Chinese), not text generated to suit the splicer.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -301,8 +303,8 @@ def test_instruct_restart_from_the_top_is_dropped(name: str) -> None:
         if kept_on_purpose(sent.rstrip(), 0, answer[len(sent.rstrip())]):
             continue
         got = outcome(sent, [answer])
-        if got == DIVERGED and len(sent.strip()) <= 2:
-            continue  # "谢" + "谢谢你": a restart or a doubled character
+        if got == DIVERGED and len(re.findall(r"[^\W_]+", sent)) <= 1:
+            continue  # "谢" + "谢谢你", "## S" + "## Steps": a partial of one word
         assert got == answer, f"cut at {cut}"
 
 
