@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import re
 import resource
 import sys
@@ -62,6 +63,8 @@ class LoadSpec:
     turns: int = 0
     """When set, each worker runs this many streams and stops (measure_s is then a
     time limit): how bench.py primes a path."""
+    max_gate_s: float = 60.0
+    """Longest wait after the warm-up for 99% of the streams to have their first chunk."""
 
 
 @dataclass(slots=True)
@@ -85,8 +88,12 @@ class Load:
         self.spec = spec
         self.loop = asyncio.get_running_loop()
         self.streams: list[Stream] = []
-        self.window = (0.0, 0.0)
+        self.window = (math.inf, math.inf)  # set once the streams are flowing
         self.in_window = 0  # data events (chunks) delivered inside the window
+        self.flowing = [False] * spec.streams  # per worker: a first chunk arrived
+        self.n_flowing = 0
+        self.flowing_at = math.ceil(0.99 * spec.streams)
+        self.mostly_flowing = asyncio.Event()
         self.stopping = False
         self.open = 0
         self.auth = f"Bearer {spec.api_key}"
@@ -112,7 +119,7 @@ class Load:
             self.streams.append(record)
             self.open += 1
             try:
-                await self.one(session, record, self.body(index, turn))
+                await self.one(session, record, self.body(index, turn), index)
             except _TRANSPORT_ERRORS as exc:
                 record.outcome = "broken" if record.events else f"connect:{type(exc).__name__}"
                 if not record.events:
@@ -121,14 +128,15 @@ class Load:
                 self.open -= 1
             turn += 1
 
-    async def one(self, session: aiohttp.ClientSession, s: Stream, body: bytes) -> None:
+    async def one(
+        self, session: aiohttp.ClientSession, s: Stream, body: bytes, worker: int
+    ) -> None:
         headers = {"Content-Type": "application/json", "Authorization": self.auth}
         async with session.post(self.spec.url, data=body, headers=headers) as resp:
             if resp.status != 200:
                 await resp.read()
                 s.outcome = f"http_{resp.status}"
                 return
-            start, end = self.window
             tail = b""
             async for data in resp.content.iter_any():
                 t = self.loop.time()
@@ -144,10 +152,16 @@ class Load:
                             s.attempts, s.resumed = int(m[1]), int(m[2])
                         continue
                     s.events.append(t)
+                    start, end = self.window
                     if start <= t < end:
                         self.in_window += 1
                     if not s.first:
                         s.first = t
+                        if not self.flowing[worker]:
+                            self.flowing[worker] = True
+                            self.n_flowing += 1
+                            if self.n_flowing >= self.flowing_at:
+                                self.mostly_flowing.set()
                     if event.startswith(_ERROR):
                         s.error_event = True
                     elif event == b"data: [DONE]":
@@ -175,14 +189,19 @@ class Load:
         rss_before = tree_rss_kib(pid) if pid else 0
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             t0 = self.loop.time()
-            window_start = t0 + spec.ramp_s + spec.warmup_s
-            window_end = window_start + spec.measure_s
-            self.window = (window_start, window_end)
             tasks = [asyncio.create_task(self.worker(session, i)) for i in range(spec.streams)]
             if spec.turns:
                 await asyncio.wait(tasks, timeout=spec.ramp_s + spec.measure_s)
             else:
-                await asyncio.sleep(window_start - self.loop.time())
+                await asyncio.sleep(spec.ramp_s + spec.warmup_s)
+                # Measure the steady state: wait until nearly every stream is flowing (a
+                # relay starved of CPU may still be answering the ramp's requests).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.mostly_flowing.wait(), spec.max_gate_s)
+            gate_s = self.loop.time() - t0 - spec.ramp_s - spec.warmup_s
+            window_start = self.loop.time()
+            window_end = window_start + spec.measure_s
+            self.window = (window_start, window_end)
             cpu0 = tree_cpu_seconds(pid) if pid else 0.0
             sim0 = tree_cpu_seconds(spec.sim_pid) if spec.sim_pid else 0.0
             own0 = _own_cpu()
@@ -207,6 +226,7 @@ class Load:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         result = self.result(cpu1 - cpu0, wall, rss_before, rss_peak, open_at_peak)
+        result["gate_s"] = max(0.0, gate_s)
         others = max(0.0, everyone - (cpu1 - cpu0) - sim_cpu - own_cpu)
         return {
             **result,

@@ -31,10 +31,6 @@ class Workload:
         base = f"{self.streams}x{self.tok_per_s:g}"
         return f"{base}@{self.fault_rate * 100:g}%" if self.fault_rate else base
 
-    @property
-    def chunk_rate(self) -> float:
-        return self.streams * self.tok_per_s
-
     def describe(self) -> str:
         text = f"{self.streams:,} concurrent streams x {self.tok_per_s:g} tokens/s"
         if self.fault_rate:
@@ -43,7 +39,7 @@ class Workload:
 
     @classmethod
     def parse(cls, text: str, fault_rate: float) -> Workload:
-        """ "1000x20" or "1000x20-faults" (interrupted at ``fault_rate``)."""
+        """Parse "1000x20", or "1000x20-faults" for the same interrupted at ``fault_rate``."""
         spec, _, suffix = text.strip().partition("-")
         if suffix not in ("", "faults"):
             raise ValueError(f"workload {text!r}: the only suffix is -faults")
@@ -73,6 +69,8 @@ class Measured:
     recovery_gap_ms: list[float] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
     rounds: int = 0
+    gate_s: float = 0.0
+    """Seconds waited past the warm-up for 99% of the streams to be flowing (all rounds)."""
     intact_recovery: tuple[float, int] = (0.0, 0)
     """intact's own recovery histogram over the phase: (seconds summed, count)."""
 
@@ -90,6 +88,7 @@ class Measured:
         ):
             setattr(self, key, getattr(self, key) + r[key])
         self.chunks += r["chunks"]
+        self.gate_s += r.get("gate_s", 0.0)
         if r["rss_peak_kib"] > self.rss_peak_kib:
             self.rss_peak_kib, self.open_at_peak = r["rss_peak_kib"], r["open_at_peak"]
         for key in ("late_ms", "ttft_ms", "retry_ttft_ms", "recovery_gap_ms"):

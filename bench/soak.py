@@ -11,16 +11,19 @@ front of the simulated upstream (`intact simulate-upstream`, its own process) in
 Apps are `concurrency` clients of the official openai SDK on the socket, each sending the
 next request when its last one ended, every answer judged against the simulator's.
 
-Every `sample-every` seconds the daemon's RSS, open fds, asyncio tasks and threads are read
-(RSS, fds and threads from /proc; the task count from inside the daemon, see
-`daemon_with_task_count`: /debug/state does not report it). The verdict looks at the last
-2/3 of the run (the first third is warm-up: pools fill, the allocator finds its size):
+Every `sample-every` seconds it reads the daemon's RSS, open fds, threads and upstream
+connections from /proc, and what only the daemon sees (`daemon_with_task_count`;
+/debug/state does not report it): its asyncio tasks, Python's allocator blocks and glibc's
+heap in use and free. The verdict looks at the last 2/3 of the run (the first third is
+warm-up: pools fill, the allocator finds its size):
 - RSS is flat when the least-squares slope is below --max-rss-slope KiB/min, or when what
   that slope adds over the window stays below --rss-noise KiB (a short run cannot tell a
-  slope from noise; the 30-minute run can);
+  slope from noise; the 30-minute run can); the heap columns say where growth goes;
 - fds and tasks are flat when the median of the last third is within a few of the median of
-  the middle third, and tasks return to the idle count once the load stops;
-- no answer reached an app silently truncated or garbled.
+  the middle third, and both return to their idle counts once the load stops (the kept-alive
+  upstream connections counted apart);
+- no answer reached an app silently truncated or garbled, no app connection was dropped
+  without an error.
 Exit status 0 when all hold, 1 when not (with the daemon log's tail), 2 on bad flags.
 """
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -61,28 +65,61 @@ TASK_TOLERANCE = 8
 IDLE_TASK_TOLERANCE = 2
 FD_IDLE_TOLERANCE = 2
 """Tasks and fds the idle daemon may hold after the run beyond what it held before it."""
-IDLE_WAIT = 40.0
-"""Seconds to wait after the load for the daemon to be idle again (upstream keep-alive: 30 s)."""
+IDLE_WAIT = 3.0
+"""Seconds after the load for the daemon to be idle again (app connections closed)."""
 
 
 # --- the daemon, with its asyncio task count --------------------------------------------------
 
 
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
+
+
+def heap_usage(libc: ctypes.CDLL | None) -> tuple[int | None, int | None]:
+    """glibc's heap: bytes in use (live allocations, Python's and C extensions') and bytes
+    free but kept (fragmentation); None without glibc's mallinfo2."""
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return None, None
+    libc.mallinfo2.restype = _Mallinfo2
+    info = libc.mallinfo2()
+    return info.uordblks + info.hblkhd, info.fordblks
+
+
 def daemon_with_task_count(count_file: str, argv: list[str]) -> int:
-    """`intact <argv>` (the console script's own `cli.main`), writing the number of asyncio
-    tasks of its event loop to ``count_file`` once a second.
+    """`intact <argv>` (the console script's own `cli.main`), writing once a second to
+    ``count_file`` what only the daemon's own process can see: the asyncio tasks of its
+    event loop, the blocks Python's small-object allocator holds (``sys.getallocatedblocks``:
+    Python objects piling up show there), and glibc's heap in use and free (`heap_usage`).
+    SIGUSR1 hands the free heap back to the system (``malloc_trim``).
 
     The counter is one more task; it does not count itself.
     """
     from intact import cli
 
     real_run = asyncio.run
+    libc = None
+    with contextlib.suppress(OSError):
+        libc = ctypes.CDLL("libc.so.6")
 
     async def count_tasks() -> None:
         while True:
+            used, free = heap_usage(libc)
+            counts = {
+                "tasks": len(asyncio.all_tasks()) - 1,
+                "py_blocks": sys.getallocatedblocks(),
+                "heap_used": used,
+                "heap_free": free,
+            }
             tmp = f"{count_file}.tmp"
             with open(tmp, "w") as fh:  # noqa: ASYNC230 (a few bytes a second, in a tmp dir)
-                fh.write(str(len(asyncio.all_tasks()) - 1))
+                fh.write(json.dumps(counts))
             os.replace(tmp, count_file)
             await asyncio.sleep(1.0)
 
@@ -96,6 +133,11 @@ def daemon_with_task_count(count_file: str, argv: list[str]) -> int:
 
         return real_run(counted(), **kwargs)
 
+    def trim(*_: object) -> None:
+        if libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+
+    signal.signal(signal.SIGUSR1, trim)
     asyncio.run = run_counting  # type: ignore[assignment]
     return cli.main(argv)
 
@@ -129,10 +171,18 @@ class Sample:
     rss_kib: int
     fds: int
     tasks: int | None
+    py_blocks: int | None
+    """Blocks of Python's small-object allocator (live Python objects, roughly)."""
+    heap_used_kib: int | None
+    """glibc heap in live allocations (Python's large objects, C extensions', arenas)."""
+    heap_free_kib: int | None
+    """glibc heap freed but kept: RSS that is fragmentation, not live data."""
     threads: int
     cpu_s: float
     in_flight: int
     done: int
+    upstream_conns: int = 0
+    """Established connections to the upstream (the connection pool, idle or busy)."""
 
 
 @dataclass
@@ -140,6 +190,8 @@ class Trend:
     name: str
     ok: bool
     detail: str
+    judged: bool = True
+    """False: shown to explain the others, not part of the verdict."""
 
 
 @dataclass
@@ -149,6 +201,8 @@ class SoakReport:
     idle_before: Sample
     idle_after: Sample
     stats: LoadStats
+    trimmed: Sample | None = None
+    """Idle after the load, once the daemon's allocator returned what it could (malloc_trim)."""
     relay: dict[str, int] = field(default_factory=dict)
     """Streams by outcome as the daemon counted them (/metrics)."""
     interruptions: dict[str, int] = field(default_factory=dict)
@@ -161,57 +215,84 @@ class SoakReport:
 
     def rss_slope(self) -> float:
         """KiB per minute, least squares over the window."""
-        window = self.window()
-        if len(window) < 3:
-            return 0.0
-        slope = statistics.linear_regression(
-            [s.at for s in window], [float(s.rss_kib) for s in window]
-        ).slope
-        return slope * 60
+        return _slope(self.window(), "rss_kib") or 0.0
 
     def trends(self) -> list[Trend]:
-        window = self.window()
-        out = []
+        """The verdict's checks, with the lines that explain them (judged=False)."""
+        return [
+            *self._memory(),
+            *self._flat_under_load(),
+            *self._idle_again(),
+            *self._answers(),
+        ]
+
+    def _memory(self) -> list[Trend]:
+        o, window = self.opts, self.window()
         slope = self.rss_slope()
-        span_min = (window[-1].at - window[0].at) / 60 if len(window) > 1 else 0.0
-        grown = slope * span_min
-        rss_ok = slope < self.opts.max_rss_slope or grown < self.opts.rss_noise
-        out.append(
+        minutes = (window[-1].at - window[0].at) / 60 if len(window) > 1 else 0.0
+        added = slope * minutes
+        out = [
             Trend(
                 "RSS",
-                rss_ok,
-                f"{slope:+.0f} KiB/min over the last {span_min:.1f} min ({grown:+.0f} KiB; "
-                f"flat: < {self.opts.max_rss_slope:g} KiB/min or < {self.opts.rss_noise:g} KiB)",
+                slope < o.max_rss_slope or added < o.rss_noise,
+                f"{slope:+.0f} KiB/min over the last {minutes:.1f} min ({added:+.0f} KiB; "
+                f"flat: < {o.max_rss_slope:g} KiB/min or < {o.rss_noise:g} KiB)",
             )
-        )
-        third = max(1, len(window) // 2)
-        middle, last = window[:third], window[-third:]
-        for name, key, tolerance in (
-            ("fds", "fds", FD_TOLERANCE),
-            ("tasks", "tasks", TASK_TOLERANCE),
-        ):
-            values_mid = [getattr(s, key) for s in middle if getattr(s, key) is not None]
-            values_last = [getattr(s, key) for s in last if getattr(s, key) is not None]
-            if not values_mid or not values_last:
-                out.append(Trend(name, True, "not measured"))
-                continue
-            a, b = statistics.median(values_mid), statistics.median(values_last)
+        ]
+        parts = [
+            f"{label} {per_min:+.0f} {unit}/min"
+            for label, key, unit in (
+                ("heap in use", "heap_used_kib", "KiB"),
+                ("heap free (kept by glibc)", "heap_free_kib", "KiB"),
+                ("Python allocator blocks", "py_blocks", "blocks"),
+            )
+            if (per_min := _slope(window, key)) is not None
+        ]
+        if parts:
+            out.append(Trend("where RSS goes", True, ", ".join(parts), judged=False))
+        if self.trimmed is not None:
+            grown = self.idle_after.rss_kib - self.idle_before.rss_kib
+            kept = self.trimmed.rss_kib - self.idle_before.rss_kib
             out.append(
                 Trend(
-                    name,
-                    b - a <= tolerance,
-                    f"median {a:g} -> {b:g} under load (flat: within +{tolerance})",
+                    "RSS when idle",
+                    True,
+                    f"{grown / 1024:+.1f} MiB over the idle daemon before the load, "
+                    f"{kept / 1024:+.1f} MiB once malloc_trim(0) returned freed heap",
+                    judged=False,
                 )
             )
+        return out
+
+    def _flat_under_load(self) -> list[Trend]:
+        """fds and tasks: the last third of the run against the middle third."""
+        window = self.window()
+        half = max(1, len(window) // 2)
+        middle, last = window[:half], window[-half:]
+        out = []
+        for name, tolerance in (("fds", FD_TOLERANCE), ("tasks", TASK_TOLERANCE)):
+            before = [v for s in middle if (v := getattr(s, name)) is not None]
+            after = [v for s in last if (v := getattr(s, name)) is not None]
+            if not before or not after:
+                out.append(Trend(name, True, "not measured", judged=False))
+                continue
+            a, b = statistics.median(before), statistics.median(after)
+            detail = f"median {a:g} -> {b:g} under load (flat: within +{tolerance})"
+            out.append(Trend(name, b - a <= tolerance, detail))
+        return out
+
+    def _idle_again(self) -> list[Trend]:
+        """Once the load stopped: what the daemon holds beyond what it held before it."""
         before, after = self.idle_before, self.idle_after
-        out.append(
+        out = [
             Trend(
                 "idle fds",
-                after.fds <= before.fds + FD_IDLE_TOLERANCE,
-                f"{before.fds} before the load, {after.fds} {after.at - self.opts.seconds:.0f} s "
-                f"after it (flat: within +{FD_IDLE_TOLERANCE})",
+                after.fds - after.upstream_conns <= before.fds + FD_IDLE_TOLERANCE,
+                f"{before.fds} before the load, {after.fds} after it of which "
+                f"{after.upstream_conns} kept-alive upstream connections (flat: the rest "
+                f"within +{FD_IDLE_TOLERANCE})",
             )
-        )
+        ]
         if before.tasks is not None and after.tasks is not None:
             out.append(
                 Trend(
@@ -221,19 +302,42 @@ class SoakReport:
                     f"(flat: within +{IDLE_TASK_TOLERANCE})",
                 )
             )
+        return out
+
+    def _answers(self) -> list[Trend]:
         s = self.stats
-        out.append(
+        return [
             Trend(
                 "silent truncations",
                 s.silent == 0 and s.garbled == 0,
                 f"{s.silent} silent, {s.garbled} garbled",
-            )
-        )
-        return out
+            ),
+            Trend(
+                "app connections dropped without an error",
+                self.transport_errors == 0,
+                str(self.transport_errors),
+            ),
+        ]
+
+    @property
+    def transport_errors(self) -> int:
+        """Requests whose connection died or hung without intact saying why."""
+        from intact.demo.loadgen import TRANSPORT_ERRORS
+
+        return sum(n for code, n in self.stats.error_codes.items() if code in TRANSPORT_ERRORS)
 
     @property
     def passed(self) -> bool:
-        return all(t.ok for t in self.trends())
+        return all(t.ok for t in self.trends() if t.judged)
+
+
+def _slope(samples: list[Sample], key: str) -> float | None:
+    """Least-squares slope of ``key`` per minute over ``samples`` (None if not measured)."""
+    points = [(s.at, getattr(s, key)) for s in samples if getattr(s, key) is not None]
+    if len(points) < 3:
+        return None
+    xs, ys = zip(*points, strict=True)
+    return statistics.linear_regression(xs, [float(y) for y in ys]).slope * 60
 
 
 def _read_proc(pid: int) -> tuple[int, int]:
@@ -247,10 +351,33 @@ def _read_proc(pid: int) -> tuple[int, int]:
     return fds, threads
 
 
-def _read_tasks(count_file: Path) -> int | None:
+def _read_counts(count_file: Path) -> dict[str, int | None]:
+    """What the daemon wrote about itself (daemon_with_task_count)."""
     with contextlib.suppress(OSError, ValueError):
-        return int(count_file.read_text())
-    return None
+        counts: dict[str, int | None] = json.loads(count_file.read_text())
+        return counts
+    return {}
+
+
+def connections_to(pid: int, port: int) -> int:
+    """Established TCP connections of ``pid`` to ``port`` (its kept-alive upstream pool)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    count = 0
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/net/{table}") as fh:
+            next(fh)
+            for line in fh:
+                fields = line.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                if fields[3] == "01" and remote_port == port and fields[9] in inodes:
+                    count += 1
+    return count
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -321,15 +448,21 @@ resume = "prefill"
         assert self.daemon is not None
         pid = self.daemon.pid
         fds, threads = _read_proc(pid)
+        counts = _read_counts(self.task_file)
+        used, free = counts.get("heap_used"), counts.get("heap_free")
         return Sample(
             at=at,
             rss_kib=rss_kib(pid),
             fds=fds,
-            tasks=_read_tasks(self.task_file),
+            tasks=counts.get("tasks"),
+            py_blocks=counts.get("py_blocks"),
+            heap_used_kib=None if used is None else used // 1024,
+            heap_free_kib=None if free is None else free // 1024,
             threads=threads,
             cpu_s=cpu_seconds(pid),
             in_flight=load.stats.in_flight if load else 0,
             done=load.stats.done if load else 0,
+            upstream_conns=connections_to(pid, self.sim_port),
         )
 
     async def run(self) -> SoakReport:
@@ -362,16 +495,20 @@ resume = "prefill"
             samples.append(sample)
             print(_row(sample, samples[0] if samples else None), flush=True)
         stats = running.result()
-        # Idle again: app connections close at once, kept-alive upstream connections after
-        # the connector's keepalive_timeout (30 s); wait for the fds to come back, or give up.
+        # Idle again: app connections close at once; kept-alive upstream connections stay
+        # until the connector's keepalive_timeout (30 s, checked every 30 s) and are counted
+        # apart, so any other fd left open shows.
+        await asyncio.sleep(IDLE_WAIT)
         idle_after = self.sample(time.monotonic() - started, load)
-        deadline = time.monotonic() + IDLE_WAIT
-        while time.monotonic() < deadline and idle_after.fds > idle_before.fds + FD_IDLE_TOLERANCE:
-            await asyncio.sleep(1.0)
-            idle_after = self.sample(time.monotonic() - started, load)
         report = SoakReport(o, samples, idle_before, idle_after, stats)
+        assert self.daemon is not None
+        os.kill(self.daemon.pid, signal.SIGUSR1)  # malloc_trim(0) in the daemon
+        await asyncio.sleep(1.5)
+        report.trimmed = self.sample(time.monotonic() - started, load)
         try:
-            status = await asyncio.to_thread(build_status, self.admin, read_admin(self.admin))
+            status = await asyncio.to_thread(
+                lambda: build_status(self.admin, read_admin(self.admin))
+            )
             report.relay = dict(status.get("streams") or {})
             report.interruptions = dict(status.get("interruptions") or {})
         except AdminUnreachable as exc:
@@ -381,8 +518,9 @@ resume = "prefill"
 
 def _header() -> str:
     return (
-        f"{'t (s)':>7} {'RSS MiB':>8} {'fds':>5} {'tasks':>5} {'threads':>7} "
-        f"{'in flight':>9} {'done':>7} {'CPU %':>6}"
+        f"{'t (s)':>6} {'RSS MiB':>7} {'heap used':>9} {'heap free':>9} {'py blocks':>9} "
+        f"{'fds':>4} {'tasks':>5} {'threads':>7} {'upstream conns':>14} {'in flight':>9} "
+        f"{'done':>6} {'CPU %':>5}"
     )
 
 
@@ -392,15 +530,17 @@ def _row(s: Sample, first: Sample | None, prev: Sample | None = None) -> str:
     if base is not None and s.at > base.at:
         cpu = f"{100 * (s.cpu_s - base.cpu_s) / (s.at - base.at):.0f}"
     tasks = "-" if s.tasks is None else str(s.tasks)
+    blocks = "-" if s.py_blocks is None else f"{s.py_blocks / 1000:.0f}k"
+    used = "-" if s.heap_used_kib is None else f"{s.heap_used_kib / 1024:.1f}"
+    free = "-" if s.heap_free_kib is None else f"{s.heap_free_kib / 1024:.1f}"
     return (
-        f"{s.at:>7.0f} {s.rss_kib / 1024:>8.1f} {s.fds:>5} {tasks:>5} {s.threads:>7} "
-        f"{s.in_flight:>9} {s.done:>7} {cpu:>6}"
+        f"{s.at:>6.0f} {s.rss_kib / 1024:>7.1f} {used:>9} {free:>9} {blocks:>9} {s.fds:>4} "
+        f"{tasks:>5} {s.threads:>7} {s.upstream_conns:>14} {s.in_flight:>9} {s.done:>6} "
+        f"{cpu:>5}"
     )
 
 
 def render(report: SoakReport, rows: int = 20) -> str:
-    from intact.demo.loadgen import TRANSPORT_ERRORS
-
     o, s = report.opts, report.stats
     lines = [
         "",
@@ -421,7 +561,9 @@ def render(report: SoakReport, rows: int = 20) -> str:
         lines.append(_row(sample, None, prev) + after)
         prev = sample
     lines.append(_row(report.idle_after, None) + "   idle, after the load")
-    transport = sum(n for code, n in s.error_codes.items() if code in TRANSPORT_ERRORS)
+    if report.trimmed is not None:
+        lines.append(_row(report.trimmed, None) + "   idle, after malloc_trim(0)")
+    transport = report.transport_errors
     recovered = report.relay.get("recovered")
     lines += [
         "",
@@ -439,7 +581,8 @@ def render(report: SoakReport, rows: int = 20) -> str:
         "verdict:",
     ]
     for trend in report.trends():
-        lines.append(f"  {'ok' if trend.ok else 'FAIL':<4} {trend.name}: {trend.detail}")
+        word = "info" if not trend.judged else "ok" if trend.ok else "FAIL"
+        lines.append(f"  {word:<4} {trend.name}: {trend.detail}")
     for anomaly in s.anomalies:
         lines.append(anomaly.render())
     lines.append("PASS" if report.passed else "FAIL")
