@@ -23,7 +23,13 @@ import pytest
 from intact.config import Config, build_config
 from intact.daemon import RunningDaemon, running_daemon
 from intact.demo.outcomes import RelayOutcomes
-from netfaults.netns import NetnsUnavailable, Spawned, UpstreamNamespace, why_unavailable
+from netfaults.netns import (
+    NetnsUnavailable,
+    Spawned,
+    UpstreamNamespace,
+    sweep_stale,
+    why_unavailable,
+)
 from netfaults.streams import Tally
 
 REQUIRED = os.environ.get("REQUIRE_NETNS") == "1"
@@ -46,7 +52,10 @@ def require_tool(name: str, package: str) -> None:
 
 @pytest.fixture(scope="session")
 def netns_reason() -> str | None:
-    return why_unavailable()
+    reason = why_unavailable()
+    if reason is None:
+        sweep_stale()
+    return reason
 
 
 @pytest.fixture

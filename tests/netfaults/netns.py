@@ -2,8 +2,9 @@
 
 intact stays in the root namespace; the simulated upstream runs in a namespace of its own
 and is reached over a veth pair on a private /30 (10.213.x.y, checked against the root
-namespace's routes). Every name carries a random token, so runs never share anything, and
-`destroy` removes what `create` made, whatever happened in between.
+namespace's routes). Every name carries the test process's pid and a random token, so runs
+never share anything; `destroy` removes what `create` made, whatever happened in between,
+and `sweep_stale` what a run that was killed left behind.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SUBNETS = ipaddress.ip_network("10.213.0.0/16")
+NAME_PREFIX = "intact-nf-"
+"""Namespaces are named intact-nf-<pid of the test process>-<random>."""
 
 
 class NetnsUnavailable(RuntimeError):
@@ -55,12 +57,31 @@ def why_unavailable() -> str | None:
         return "making network namespaces and veth pairs needs root (CAP_NET_ADMIN)"
     if shutil.which("ip") is None:
         return "iproute2's `ip` is not installed (apt-get install iproute2)"
-    probe = f"intact-nf-probe-{secrets.token_hex(3)}"
+    probe = f"{NAME_PREFIX}{os.getpid()}-probe"
     made = run("ip", "netns", "add", probe, check=False)
     if made.returncode != 0:
         return f"`ip netns add` failed: {made.stderr.strip()}"
     run("ip", "netns", "del", probe, check=False)
     return None
+
+
+def sweep_stale() -> list[str]:
+    """Remove the namespaces of test runs that died without cleaning up (SIGKILLed): those
+    whose test process is gone. Their processes are ours (simulators, netem); they go too."""
+    removed = []
+    for line in run("ip", "netns", "list", check=False).stdout.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        creator = name.removeprefix(NAME_PREFIX).split("-")[0]
+        if not name.startswith(NAME_PREFIX) or not creator.isdigit():
+            continue
+        if os.path.exists(f"/proc/{creator}"):
+            continue  # a run in progress (this one, or another's)
+        for pid in run("ip", "netns", "pids", name, check=False).stdout.split():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        run("ip", "netns", "del", name, check=False)
+        removed.append(name)
+    return removed
 
 
 def _free_subnet() -> ipaddress.IPv4Network:
@@ -97,7 +118,8 @@ class UpstreamNamespace:
         token = secrets.token_hex(3)
         subnet = _free_subnet()
         root_addr, ns_addr = (str(h) for h in subnet.hosts())
-        ns = cls(f"intact-nf-{token}", f"inf{token}r", f"inf{token}s", root_addr, ns_addr)
+        name = f"{NAME_PREFIX}{os.getpid()}-{token}"
+        ns = cls(name, f"inf{token}r", f"inf{token}s", root_addr, ns_addr)
         try:
             run("ip", "netns", "add", ns.name)
             run("ip", "link", "add", ns.root_veth, "type", "veth", "peer", "name", ns.ns_veth)

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -72,10 +73,14 @@ class Progress:
         self.chunks[index] += 1
         self._changed.set()
 
+    def past(self, chunks: int) -> int:
+        """How many streams have received at least ``chunks`` content chunks."""
+        return sum(1 for n in self.chunks.values() if n >= chunks)
+
     async def wait_for(self, streams: int, chunks: int, within: float = 30.0) -> None:
         """Until ``streams`` streams have each received ``chunks`` content chunks."""
         async with asyncio.timeout(within):
-            while sum(1 for n in self.chunks.values() if n >= chunks) < streams:
+            while self.past(chunks) < streams:
                 self._changed.clear()
                 await self._changed.wait()
 
@@ -104,6 +109,39 @@ async def _one_stream(client: Any, index: int, seed: int, progress: Progress) ->
         seen.error = ObservedError.from_exception(exc)
     seen.content = "".join(text)
     return seen
+
+
+@contextlib.asynccontextmanager
+async def streams_in_background(
+    socket_path: str,
+    outcomes: RelayOutcomes,
+    tally: Tally,
+    *,
+    count: int,
+    concurrency: int,
+    seed: int,
+) -> AsyncIterator[Progress]:
+    """`run_streams` while the body injects a fault (it gets their `Progress`); on exit,
+    waits for every stream to end (or cancels them if the body failed)."""
+    progress = Progress()
+    task = asyncio.create_task(
+        run_streams(
+            socket_path,
+            outcomes,
+            tally,
+            count=count,
+            concurrency=concurrency,
+            seed=seed,
+            progress=progress,
+        )
+    )
+    try:
+        yield progress
+    except BaseException:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise
+    await task
 
 
 async def run_streams(

@@ -32,7 +32,7 @@ from netfaults.netns import (
     netem_counts,
     run,
 )
-from netfaults.streams import Progress, Tally, run_streams
+from netfaults.streams import Progress, Tally, run_streams, streams_in_background
 
 NETEMS = {
     # What a bad mobile or intercontinental path does: TCP absorbs it, no stream stalls.
@@ -92,7 +92,7 @@ async def test_delay_loss_and_reordering_leave_every_stream_exact_or_explicitly_
 
 
 @pytest.mark.parametrize("breaker", list(BREAKERS))
-async def test_tcp_resets_mid_stream_end_every_stream_exact_or_explicitly_failed(
+async def test_tcp_resets_mid_stream_leave_every_stream_exact_or_explicitly_failed(
     upstream_ns: UpstreamNamespace, tmp_path: Path, results: list[Tally], breaker: str
 ) -> None:
     require_tool("iptables", "iptables")
@@ -101,27 +101,19 @@ async def test_tcp_resets_mid_stream_end_every_stream_exact_or_explicitly_failed
     rule = ("INPUT", "-p", "tcp", "--dport", str(UPSTREAM_PORT),
             "-j", "REJECT", "--reject-with", "tcp-reset")  # fmt: skip
     tally = Tally(f"iptables REJECT tcp-reset mid-stream {hold:g}s, {breaker}")
-    progress = Progress()
-    async with intact_in_root_ns(tmp_path, upstream_ns, breaker) as (daemon, outcomes):
-        streams = asyncio.create_task(
-            run_streams(
-                daemon.socket_path,
-                outcomes,
-                tally,
-                count=24,
-                concurrency=12,
-                seed=12,
-                progress=progress,
-            )
-        )
+    async with (
+        intact_in_root_ns(tmp_path, upstream_ns, breaker) as (daemon, outcomes),
+        streams_in_background(
+            daemon.socket_path, outcomes, tally, count=24, concurrency=12, seed=12
+        ) as progress,
+    ):
         await progress.wait_for(streams=8, chunks=10)
-        mid = sum(1 for n in progress.chunks.values() if n >= 10)
+        mid = progress.past(10)
         # The upstream host now answers every segment from intact (its ACKs, new SYNs) with
         # a TCP reset, until the rule goes.
         await upstream_ns.iptables("-I", *rule)
         await asyncio.sleep(hold)
         await upstream_ns.iptables("-D", *rule)
-        await streams
     tally.notes.append(f"rule inserted with {mid} streams past 10 chunks")
     results.append(tally)
     assert_never_silently_broken(tally, 24)
@@ -132,33 +124,25 @@ async def test_tcp_resets_mid_stream_end_every_stream_exact_or_explicitly_failed
 
 
 @pytest.mark.parametrize("breaker", list(BREAKERS))
-async def test_upstream_killed_and_restarted_mid_stream_ends_every_stream_exact_or_explicitly_failed(  # noqa: E501
+async def test_upstream_killed_and_restarted_mid_stream_leaves_streams_exact_or_explicitly_failed(
     upstream_ns: UpstreamNamespace, tmp_path: Path, results: list[Tally], breaker: str
 ) -> None:
     sim = await start_simulator(upstream_ns)
     down = 1.0
     tally = Tally(f"upstream SIGKILL mid-stream, back after {down:g}s, {breaker}")
-    progress = Progress()
-    async with intact_in_root_ns(tmp_path, upstream_ns, breaker) as (daemon, outcomes):
-        streams = asyncio.create_task(
-            run_streams(
-                daemon.socket_path,
-                outcomes,
-                tally,
-                count=24,
-                concurrency=12,
-                seed=13,
-                progress=progress,
-            )
-        )
+    async with (
+        intact_in_root_ns(tmp_path, upstream_ns, breaker) as (daemon, outcomes),
+        streams_in_background(
+            daemon.socket_path, outcomes, tally, count=24, concurrency=12, seed=13
+        ) as progress,
+    ):
         await progress.wait_for(streams=8, chunks=10)
-        mid = sum(1 for n in progress.chunks.values() if n >= 10)
+        mid = progress.past(10)
         await sim.kill()  # SIGKILL: the kernel closes its connections, no goodbye
         killed = time.monotonic()
         await asyncio.sleep(down)
         await start_simulator(upstream_ns)
         restarted = time.monotonic() - killed
-        await streams
     tally.notes.append(
         f"killed with {mid} streams past 10 chunks, listening again after {restarted:.1f}s"
     )
