@@ -393,8 +393,9 @@ async def test_resume_body_sends_the_partial_without_trailing_whitespace_in_pref
     assert body["continue_final_message"] is True
     # 1 token delivered, but the model spends one regenerating the stripped whitespace.
     assert body["max_tokens"] == 10
+    # instruct sends it stripped too: a model that goes on sends the separator first.
     instruct = d.resume_body(BASE, "instruct", "go on")
-    assert instruct["messages"][-2]["content"] == "One two "
+    assert instruct["messages"][-2]["content"] == "One two"
 
 
 # --- usage ----------------------------------------------------------------------------------
@@ -415,7 +416,7 @@ async def test_usage_after_a_resume_comes_from_the_upstream_reports() -> None:
     cont = d.attempt("instruct")
     await feed(
         cont,
-        chunk({"content": " gamma delta"}, cid="c2"),  # a repeat: dropped
+        chunk({"content": "gamma delta"}, cid="c2"),  # a restatement glued on: dropped
         chunk({"content": " epsilon"}, cid="c2"),
         chunk({"content": " zeta"}, cid="c2"),
         chunk(finish="stop", cid="c2"),

@@ -391,12 +391,19 @@ ADVERSARIAL = {
         "他们看看故事。我们看看故事。",
         "他们看看故事。我们看看故事。",
     ),
-    # いい in いい質問 says nothing about the い of いろいろ.
+    # いい in いい質問 says nothing about the い of いろいろ; the continuation shows い
+    # going on as いろ, so it restated い.
     "cjk-double-of-another-word": (
         "いい質問ですね。先生はい",
         "いろいろと問題を作ります。",
         "いい質問ですね。先生はいいろいろと問題を作ります。",
-        DIVERGED,
+        "いい質問ですね。先生はいろいろと問題を作ります。",
+    ),
+    "cjk-double-shown-by-the-continuation": (
+        "我们看",
+        "看故事。他们看看花园。",
+        "我们看看故事。他们看看花园。",
+        "我们看看故事。他们看看花园。",
     ),
     "cjk-double-not-seen-before": ("我们看", "看故事。", "我们看看故事。", DIVERGED),
     "cjk-restated-before-the-double": (
@@ -550,22 +557,14 @@ ADVERSARIAL = {
     "echo-then-nothing": (ECHO, ECHO, ECHO, ECHO),
     # Short partials.
     "one-word-partial": ("Sure", ", here it is.", "Sure, here it is.", "Sure, here it is."),
-    # Instruct: a one-word partial again may be a restart, a reworded one ("Sure, here's"
-    # after "Sure"), or a doubled word: tried again.
-    "one-word-partial-echoed": ("Sure", "Sure, here it is.", "Sure, here it is.", DIVERGED),
-    "one-letter-partial-double-letter": ("l", "lama", "llama", DIVERGED),
-    "one-char-cjk-partial-restarted-reworded": (
-        "い",
-        "いい質問です。町は道を使います。",
-        "いいい質問です。町は道を使います。",
-        DIVERGED,
+    "one-word-partial-echoed": (
+        "Sure",
+        "Sure, here it is.",
+        "Sure, here it is.",
+        "Sure, here it is.",
     ),
-    "one-symbol-partial-restarted-reworded": (
-        "{\n",
-        '{   "topic": "stone"\n}',
-        '{\n{   "topic": "stone"\n}',
-        DIVERGED,
-    ),
+    "one-word-partial-restated": ("Cert", "Certainly.", "CertCertainly.", "Certainly."),
+    "one-letter-partial-double-letter": ("l", "lama", "llama", "lama"),
     "symbol-partial-followed-by-itself": ("#", "## Title", "### Title", "### Title"),
     "symbols-starting-like-the-last-line": (
         "| a |\n| ---",

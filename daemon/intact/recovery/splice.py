@@ -49,6 +49,9 @@ _CJK_STOPS = "。！？"
 # glued to them is new text, not the rest of the partial's token stream.
 _GLUE_PUNCTUATION = ".!?,;:"
 
+# Instruct: how much more of a continuation to read for evidence of natural reduplication.
+_EVIDENCE_CHARS = 120
+
 _End = Literal["bound", "finish"] | None
 
 
@@ -68,6 +71,14 @@ def _common_prefix(a: str, b: str) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+def _find_all(text: str, part: str) -> list[int]:
+    found, at = [], text.find(part)
+    while at != -1:
+        found.append(at)
+        at = text.find(part, at + 1)
+    return found
 
 
 def _weight(text: str) -> int:
@@ -186,13 +197,13 @@ class ContinuationSplicer:
     __slots__ = (
         "_core",
         "_decided",
+        "_echo",
         "_held",
         "_hold_limit",
         "_instruct",
         "_last_alnum",
         "_limits",
         "_repeats",
-        "_restart",
         "_tail_ws",
         "_top",
         "dropped_chars",
@@ -218,13 +229,13 @@ class ContinuationSplicer:
         self._hold_limit = limits.max_overlap_chars + min(len(core), limits.max_overlap_chars)
         self._held = ""
         self._repeats: list[_Repeat] | None = None  # chosen once the continuation's start is seen
-        self._restart: _Repeat | None = None  # the repeat that reads the partial from its top
+        self._echo: _Repeat | None = None  # prefill: the whole partial sent back first
         if not self._instruct:
             # Echo: the whole partial, re-sent verbatim. A partial without a letter or digit
             # ("#", "```") may be naturally followed by itself ("## Title", "`````python").
             echo = bool(core) and (len(core) >= limits.min_overlap_chars or self._last_alnum >= 0)
             self._repeats = [_Repeat(0, 0)] if echo else []
-            self._restart = self._repeats[0] if echo else None
+            self._echo = self._repeats[0] if echo else None
             self._decided = not (echo or self._tail_ws)
         else:
             self._decided = not core
@@ -260,7 +271,7 @@ class ContinuationSplicer:
         self.dropped_chars = cut
         self._held = ""
         self._repeats = None
-        self._restart = None
+        self._echo = None
         return held[cut:]
 
     # --- deciding ---------------------------------------------------------------------------
@@ -318,12 +329,9 @@ class ContinuationSplicer:
                 repeats.append(_Repeat(at, 0))
             at = core.find(first, at + 1)
         top, body = self._top, self._body()
-        restart = next((r for r in repeats if r.start == top), None)
-        if restart is None and core[top] == held[body]:
+        if core[top] == held[body] and all(r.start != top for r in repeats):
             # A restart from the top, read from the continuation's first non-space.
-            restart = _Repeat(top, body)
-            repeats.append(restart)
-        self._restart = restart
+            repeats.append(_Repeat(top, body))
         return repeats
 
     def _repeat_start(self, at: int) -> bool:
@@ -341,9 +349,9 @@ class ContinuationSplicer:
 
     def _reduplication(self, start: int) -> bool:
         """Whether a restatement from `start` looks just like natural reduplication at the
-        cut: one CJK character (看|看, 。谢|谢), or two inside a clause (いろ|いろ), or the
-        whole of a partial that short. Two after a clause mark ("，也是" + "也是…") are
-        restated."""
+        cut, or a restart reworded right after it: one CJK character (看|看, 。谢|谢), two
+        inside a clause (いろ|いろ), or a partial of two (当然 + 当然。 for 当然可以。). Two
+        after a clause mark ("，也是" + "也是…") are restated."""
         core = self._core
         text = core[start:]
         if len(text) > 2 or not all(_unspaced(ch) and ch.isalnum() for ch in text):
@@ -392,9 +400,9 @@ class ContinuationSplicer:
 
     def _abandon(self, end: _End) -> None:
         """No more text will come to settle the repeats still matching: they are not."""
-        restart = self._restart
-        if not self._instruct and end == "bound" and restart is not None and restart.state is None:
-            # Instruct settles a restart that stops short in _chosen.
+        echo = self._echo
+        if end == "bound" and echo is not None and echo.state is None:
+            # (Instruct settles a restart that stops short in _chosen.)
             raise ContinuationDiverged(
                 f"continuation echoes more than {len(self._held)} chars of the partial answer; "
                 "too long to hold back until the echo is complete"
@@ -447,47 +455,14 @@ class ContinuationSplicer:
         """Instruct: how many held chars to drop given the repeats found (longest first),
         None to hold more first; raise ContinuationDiverged if the continuation cannot be
         placed."""
-        held, core = self._held, self._core
-        taken, matched = self._restart_match()
         longest = accepted[0].end if accepted else 0
-        if taken > longest:
-            # The continuation re-emits more of the partial's start, blanks aside ("{ " for
-            # "{\n"), than of its tail: a restart, unless that is too little to tell.
-            if len(matched) == len(core) - self._top:
-                if _weight(matched) < 2:
-                    return longest
-                # All of the partial again, its lines laid out differently: reworded.
-                raise ContinuationDiverged(
-                    f"continuation restarted the answer laid out differently ({held[:40]!r}...)"
-                )
-            if taken == len(held) and end is None:
-                return None
-            if self._is_restart(matched):
-                raise ContinuationDiverged(
-                    f"continuation restarted the answer ({matched[:40]!r}...) and then "
-                    + ("ended before the cut" if taken == len(held) else "departed from it")
-                )
+        if not self._no_respaced_restart(longest, end):
+            return None
         if not accepted:
             return self._unrepeated(end)
         start = accepted[0].start
         if self._reduplication(start):
-            # 看 + 看看信号 restates 看 before the text's own 看看 (as 看看 + 看信号 does). 看 +
-            # 看信号 may restate it or be the second half of 看看: the partial itself may
-            # show which (it wrote 看看 before, never 地看信); if not, another try may.
-            text, following = core[start:], held[longest : longest + 1]
-            if (len(held) < longest + len(text) and end is None) or self._unrepeated(end) is None:
-                return None  # ("好，下面是…" after "…好好" is a reworded restart)
-            if held.startswith(text, longest) or core.endswith(text + text):
-                return longest  # else the double and the restated half make a triple
-            before = core[start - 1 : start] if start > self._top else ""
-            doubled = text + text in core
-            restated = before + text + following in core
-            if doubled != restated:
-                return 0 if doubled else longest
-            raise ContinuationDiverged(
-                f"continuation starts with {text!r} again, which may restate the partial's "
-                "last characters or double them (看|看): cannot tell"
-            )
+            return self._reduplicated(start, longest, end)
         periodic = [self._periodic(accepted[0], repeat, end) for repeat in accepted[1:]]
         if None in periodic:
             return None
@@ -497,6 +472,61 @@ class ContinuationSplicer:
                 "cannot tell how many"
             )
         return longest
+
+    def _no_respaced_restart(self, longest: int, end: _End) -> bool:
+        """Raise if the continuation re-emits more of the partial's start, blanks aside ("{ "
+        for "{\\n"), than the `longest` chars of repeat found, and then departs from it or
+        lays its lines out differently; False to hold more first."""
+        held, core = self._held, self._core
+        taken, matched = self._restart_match()
+        if taken <= longest:
+            return True
+        if len(matched) == len(core) - self._top:
+            if _weight(matched) < 2:
+                return True
+            raise ContinuationDiverged(
+                f"continuation restarted the answer laid out differently ({held[:40]!r}...)"
+            )
+        if taken == len(held) and end is None:
+            return False
+        if self._is_restart(matched):
+            raise ContinuationDiverged(
+                f"continuation restarted the answer ({matched[:40]!r}...) and then "
+                + ("ended before the cut" if taken == len(held) else "departed from it")
+            )
+        return True
+
+    def _reduplicated(self, start: int, longest: int, end: _End) -> int | None:
+        """The chars to drop for a restatement that looks like reduplication, None to hold
+        more first; raise if nothing tells it from the text's own double.
+
+        看 + 看看信号 restates 看 before the text's own 看看 (as 看看 + 看信号 does). 看 + 看信号
+        may restate it or be the second half of 看看: the partial, and the continuation after
+        the characters in question, may show which (看看 written elsewhere, 看信 never but as
+        the end of 看看信); if not, another try may."""
+        core, held = self._core, self._held
+        text, following = core[start:], held[longest : longest + 1]
+        if len(held) < longest + len(text) and end is None:
+            return None
+        if self._opening()[1] and self._unrepeated(end) is None:
+            return None  # ("好，下面是…" after "…小猫好好" is a reworded restart)
+        if held.startswith(text, longest) or core.endswith(text + text):
+            return longest  # else the double and the restated half make a triple
+        # What the model wrote, before the cut and after the characters in question.
+        said = core + "\n" + held[longest + 1 :]
+        before = core[start - 1 : start] if start > self._top else ""
+        doubled = before + text + text in said or text + text + following in said
+        restated = any(  # 看信 somewhere, and not as the end of 看看信
+            not said.endswith(text, 0, at) for at in _find_all(said, text + following)
+        )
+        if doubled != restated:
+            return 0 if doubled else longest
+        if end is None and len(held) < longest + _EVIDENCE_CHARS:
+            return None  # the continuation may yet show it
+        raise ContinuationDiverged(
+            f"continuation starts with {text!r} again, which may restate the partial's last "
+            "characters or double them (看|看): cannot tell"
+        )
 
     def _periodic(self, longest: _Repeat, other: _Repeat, end: _End) -> bool | None:
         """Whether restating the partial from `longest` or from `other` (shorter) are both
@@ -626,7 +656,8 @@ class ContinuationSplicer:
             theirs = _units(held)[: len(mine) + 1]
             tail = any(theirs[:i] == mine[-i:] for i in range(1, len(mine) + 1))
             if (
-                (len(mine) >= 2 and mine[-1] in theirs[:3] and not tail)
+                (len(mine) <= 2 and theirs[:1] == mine[:1])  # "好，…" after "好的"
+                or (len(mine) >= 2 and mine[-1] in theirs[:3] and not tail)
                 or _alike(mine, theirs, 0.5 if held[0] == opening[0] else 0.7)
                 or (sentence[-1:] in _STOPS + _CJK_STOPS and said == mine[: len(said)] != mine)
             ):
