@@ -346,8 +346,13 @@ async def test_an_upstream_down_for_every_pod_is_one_fleet_wide_alert(outage: Fl
         per_pod[:] = [
             a["labels"] for a in alerts if a["labels"]["alertname"] == "IntactCircuitBreakerOpen"
         ]
-        # the rule groups evaluate apart: give them a cycle to agree
-        return bool(fleet_wide) and all(a["upstream"] != "openai" for a in per_pod)
+        # the rule groups evaluate apart, and the pods' breakers open a scrape apart: give
+        # them the cycles to agree
+        return (
+            bool(fleet_wide)
+            and "on 3 intact instances" in fleet_wide[0]["annotations"]["description"]
+            and all(a["upstream"] != "openai" for a in per_pod)
+        )
 
     await outage.api.until("one fleet-wide alert instead of per-pod ones", settled)
     (alert,) = fleet_wide
