@@ -4,13 +4,15 @@ collectors that record exactly what an app saw."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
+import structlog
 
 from intact.config import Config, build_config, merge_tables
 from intact.daemon import RunningDaemon, running_daemon
@@ -142,3 +144,15 @@ async def sse_lines(socket_path: str, body: dict[str, Any]) -> list[bytes]:
 def fast_sim(**over: Any) -> SimulatedUpstream:
     settings = SimulatorSettings(**{**FAST_SIM.__dict__, **over})
     return SimulatedUpstream(settings)
+
+
+def restored_logging() -> Iterator[None]:
+    """Body of an autouse fixture: a telemetry runtime reconfigures structlog and the root
+    logger; undo that after the test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.reset_defaults()
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+    root.setLevel(level)

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import gc
 import io
-import logging
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -19,7 +18,6 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-import structlog
 from aiohttp import web
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -27,7 +25,16 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from intact.config import Config
 from intact.daemon import RunningDaemon, running_daemon
 from intact.telemetry.runtime import start_telemetry
-from support import MESSAGES, daemon_for, fast_config, fast_sim, raw_client, sdk, stream_chat
+from support import (
+    MESSAGES,
+    daemon_for,
+    fast_config,
+    fast_sim,
+    raw_client,
+    restored_logging,
+    sdk,
+    stream_chat,
+)
 from telemetry.helpers import Sinks
 
 CHAT = {"model": "sim-1", "messages": MESSAGES, "stream": True}
@@ -39,13 +46,7 @@ HEAD = (
 
 @pytest.fixture(autouse=True)
 def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    structlog.reset_defaults()
-    for handler in [h for h in root.handlers if h not in handlers]:
-        root.removeHandler(handler)
-    root.setLevel(level)
+    yield from restored_logging()
 
 
 @contextlib.asynccontextmanager

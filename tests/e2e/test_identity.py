@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import logging
 import os
 import socket
 import stat
@@ -17,7 +16,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-import structlog
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -28,7 +26,7 @@ from intact.peer import Peer, peer_credentials
 from intact.simulator import SimulatedUpstream
 from intact.telemetry.runtime import start_telemetry
 from intact.unix_socket import UnsafeSocketDirError, prepare_default_socket_dir
-from support import MESSAGES, fast_config, fast_sim, raw_client, sdk, stream_chat
+from support import MESSAGES, fast_config, fast_sim, raw_client, restored_logging, sdk, stream_chat
 from telemetry.helpers import Sinks, scrape, scraped
 
 UID, GID, PID = os.getuid(), os.getgid(), os.getpid()
@@ -38,13 +36,7 @@ CHAT = {"model": "sim-1", "messages": MESSAGES, "stream": True}
 
 @pytest.fixture(autouse=True)
 def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    structlog.reset_defaults()
-    for handler in [h for h in root.handlers if h not in handlers]:
-        root.removeHandler(handler)
-    root.setLevel(level)
+    yield from restored_logging()
 
 
 @contextlib.asynccontextmanager

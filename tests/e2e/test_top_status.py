@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import io
 import json
-import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from rich.console import Console
 
 from intact.config import build_config
@@ -25,7 +23,7 @@ from intact.simulator import SimulatedUpstream
 from intact.status import AdminUnreachable, admin_url
 from intact.telemetry.runtime import start_telemetry
 from intact.top import render
-from support import MESSAGES, fast_config, fast_sim, raw_client, sdk, stream_chat
+from support import MESSAGES, fast_config, fast_sim, raw_client, restored_logging, sdk, stream_chat
 
 UID = os.getuid()
 CHAT = {"model": "sim-1", "messages": MESSAGES, "stream": True}
@@ -34,13 +32,7 @@ WITHOUT_RICH = "import sys; sys.modules['rich'] = None; from intact.cli import m
 
 @pytest.fixture(autouse=True)
 def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    structlog.reset_defaults()
-    for handler in [h for h in root.handlers if h not in handlers]:
-        root.removeHandler(handler)
-    root.setLevel(level)
+    yield from restored_logging()
 
 
 @contextlib.asynccontextmanager

@@ -4,18 +4,17 @@ simulated upstream."""
 from __future__ import annotations
 
 import io
-import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-import structlog
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from intact.config import Config
 from intact.simulator import SimulatedUpstream, SimulatorSettings
 from intact.telemetry.runtime import TelemetryRuntime, start_telemetry
+from support import restored_logging
 from telemetry.helpers import FAST_SIM, Sinks
 
 
@@ -43,11 +42,4 @@ async def sim() -> AsyncIterator[SimulatedUpstream]:
 
 @pytest.fixture(autouse=True)
 def restore_logging() -> Iterator[None]:
-    """Each runtime reconfigures structlog and the root logger; undo that after the test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    structlog.reset_defaults()
-    for handler in [h for h in root.handlers if h not in handlers]:
-        root.removeHandler(handler)
-    root.setLevel(level)
+    yield from restored_logging()
