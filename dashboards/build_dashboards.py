@@ -75,9 +75,45 @@ def transitions(**matchers: str) -> str:
     return increase("intact_breaker_transitions_total", "$__rate_interval", **matchers)
 
 
-def quantile(q: float, bucket: str, by: str = "", **matchers: str) -> str:
+def quantile(q: float, bucket: str | Sequence[str], by: str = "", **matchers: str) -> str:
+    """``histogram_quantile`` of a histogram's buckets; of the first of several histograms
+    that has data when ``bucket`` names several (``or``: a series of the first hides the same
+    series of the next, as in the GenAI metrics' old and new names)."""
     labels = ", ".join(["le", *([by] if by else [])])
-    return f"histogram_quantile({q}, sum by ({labels}) ({rate(bucket, **matchers)}))"
+    buckets = [bucket] if isinstance(bucket, str) else list(bucket)
+    rates = " or ".join(rate(b, **matchers) for b in buckets)
+    return f"histogram_quantile({q}, sum by ({labels}) ({rates}))"
+
+
+# GenAI client metrics under the names of semantic conventions v1.41.0 (intact's default) and,
+# second, of semantic-conventions-genai v0.1.0 (OTEL_SEMCONV_STABILITY_OPT_IN=
+# gen_ai_latest_experimental), so the panels work either way.
+GENAI_TTFC = (
+    "gen_ai_client_operation_time_to_first_chunk_seconds_bucket",
+    "gen_ai_client_inference_time_to_first_chunk_seconds_bucket",
+)
+GENAI_DURATION = (
+    "gen_ai_client_operation_duration_seconds_bucket",
+    "gen_ai_client_inference_duration_seconds_bucket",
+)
+GENAI_TOKEN_USAGE = "gen_ai_client_token_usage_sum"  # by gen_ai_token_type
+GENAI_USAGE_COUNTERS = {  # the new names: one counter per token type
+    "input": "gen_ai_client_inference_usage_input_tokens_total",
+    "output": "gen_ai_client_inference_usage_output_tokens_total",
+}
+
+
+def token_rate(by: str = "", **matchers: str) -> str:
+    """Tokens per second by ``gen_ai_token_type`` (and ``by``): from the token usage histogram,
+    or else from the usage counters that replace it (labelled with their token type)."""
+    old = sum_by(", ".join(["gen_ai_token_type", *([by] if by else [])]),
+                 rate(GENAI_TOKEN_USAGE, **matchers))  # fmt: skip
+    new = [
+        f'label_replace({sum_by(by, rate(counter, **matchers))}, "gen_ai_token_type", '
+        f'"{token_type}", "", "")'
+        for token_type, counter in GENAI_USAGE_COUNTERS.items()
+    ]
+    return " or ".join([old, *new])
 
 
 def eq(value: str) -> str:
@@ -149,7 +185,7 @@ def upstream_link() -> list[dict[str, Any]]:
     """Data link from a per-upstream series to the upstream drilldown dashboard."""
     url = (
         f"/d/{UPSTREAMS_UID}/intact-upstream?${{__url_time_range}}&${{datasource:queryparam}}"
-        + "".join(f"&${{{label}:queryparam}}" for label in SCOPE_LABELS)
+        + "".join(f"&${{{label}:queryparam}}" for label in (*SCOPE_LABELS, "api"))
         + "&var-upstream=${__field.labels.upstream}"
     )
     return [{"title": "Upstream ${__field.labels.upstream}", "url": url}]
@@ -403,6 +439,26 @@ def layout(rows: Sequence[Row]) -> list[dict[str, Any]]:
 # --- dashboards -----------------------------------------------------------------------------
 
 
+def api_variable(**matchers: str) -> dict[str, Any]:
+    return label_variable(
+        "api",
+        "API",
+        f"label_values({selector('intact_streams_total', **matchers)}, api)",
+        description="App-facing API: chat (OpenAI Chat Completions), responses (OpenAI "
+        "Responses), messages (Anthropic Messages)",
+    )
+
+
+def app_variable(**matchers: str) -> dict[str, Any]:
+    return label_variable(
+        "app",
+        "App",
+        f"label_values({selector('intact_streams_total', **matchers)}, app)",
+        description="The app that sent the requests: an [[apps]] name of intact's config, or "
+        "'other'",
+    )
+
+
 def datasource_variable() -> dict[str, Any]:
     return {
         "type": "datasource",
@@ -557,12 +613,15 @@ def overview() -> dict[str, Any]:
     where = scope()
     ups = rx("$upstream")
     model = rx("$model")
-    streams = {**where, "upstream": ups, "model": model}
-    per_upstream = {**where, "upstream": ups}
-    genai = {**where, "upstream": ups, "gen_ai_request_model": model}
+    who = {"api": rx("$api"), "app": rx("$app")}  # which API, which app (stream metrics)
+    who_where = {**where, **who}
+    streams = {**where, "upstream": ups, "model": model, **who}
+    per_upstream = {**where, "upstream": ups}  # breakers, budgets, hedges: not per request
+    per_stream = {**per_upstream, **who}
+    genai = {**where, "upstream": ups, "gen_ai_request_model": model, **who}
 
     def attempts(result: str) -> str:
-        return rate("intact_attempts_total", result=result, **per_upstream)
+        return rate("intact_attempts_total", result=result, **per_stream)
 
     def stream_rate(outcomes: str, by: str = "") -> str:
         return sum_by(by, rate("intact_streams_total", outcome=outcomes, **streams))
@@ -640,7 +699,7 @@ def overview() -> dict[str, Any]:
                 "Active streams",
                 "App requests being served right now, over the selected instances (not split "
                 "by upstream or model).",
-                Query(f"sum({selector('intact_active_streams', **where)})"),
+                Query(f"sum({selector('intact_active_streams', **who_where)})"),
                 unit="none",
                 graph=True,
             ),
@@ -680,7 +739,7 @@ def overview() -> dict[str, Any]:
                 "orders of magnitude. Not split by model.",
                 [
                     Query(
-                        f"sum by (kind) ({rate('intact_interruptions_total', **per_upstream)})",
+                        f"sum by (kind) ({rate('intact_interruptions_total', **per_stream)})",
                         "{{kind}}",
                     )
                 ],
@@ -722,6 +781,49 @@ def overview() -> dict[str, Any]:
                 unit="reqps",
                 overrides=[color_override(o, c) for o, c in OUTCOME_COLORS.items()],
             ),
+            timeseries(
+                "Interruption rate by API",
+                "(recovered + failed) / (completed + recovered + failed) per app-facing API: "
+                "chat (Chat Completions), responses (OpenAI Responses), messages (Anthropic "
+                "Messages). Each API streams its own event format, so each resumes its own "
+                "way. Dashed lines: the 3.2% baseline and the 10% of "
+                "IntactInterruptionRateHigh.",
+                [
+                    Query(
+                        f"{stream_rate(rx('recovered|failed'), 'api')} / "
+                        f"{stream_rate(DELIVERED, 'api')}",
+                        "{{api}}",
+                    )
+                ],
+                unit="percentunit",
+                width=8,
+                steps=interruption_steps,
+                threshold_lines=True,
+            ),
+            timeseries(
+                "Interruption rate by app",
+                "(recovered + failed) / (completed + recovered + failed) per app ([[apps]] "
+                "of intact's config; 'other' for peers of no app). Dashed lines: the 3.2% "
+                "baseline and the 10% of IntactInterruptionRateHigh.",
+                [
+                    Query(
+                        f"{stream_rate(rx('recovered|failed'), 'app')} / "
+                        f"{stream_rate(DELIVERED, 'app')}",
+                        "{{app}}",
+                    )
+                ],
+                unit="percentunit",
+                width=8,
+                steps=interruption_steps,
+                threshold_lines=True,
+            ),
+            timeseries(
+                "Streams by API and outcome",
+                "App requests per second by app-facing API and how they ended.",
+                [Query(stream_rate(rx(".+"), "api, outcome"), "{{api}}: {{outcome}}")],
+                unit="reqps",
+                width=8,
+            ),
         ],
     )
 
@@ -734,7 +836,7 @@ def overview() -> dict[str, Any]:
                 "recovery saved from being lost. Not split by model.",
                 [
                     Query(
-                        sum_by("upstream", rate("intact_recovered_tokens_total", **per_upstream)),
+                        sum_by("upstream", rate("intact_recovered_tokens_total", **per_stream)),
                         "{{upstream}}",
                     )
                 ],
@@ -747,11 +849,11 @@ def overview() -> dict[str, Any]:
                 "(backoff plus the resume's time to first token), p50 and p95.",
                 [
                     Query(
-                        quantile(0.5, "intact_recovery_duration_seconds_bucket", **per_upstream),
+                        quantile(0.5, "intact_recovery_duration_seconds_bucket", **per_stream),
                         "p50",
                     ),
                     Query(
-                        quantile(0.95, "intact_recovery_duration_seconds_bucket", **per_upstream),
+                        quantile(0.95, "intact_recovery_duration_seconds_bucket", **per_stream),
                         "p95",
                     ),
                 ],
@@ -764,7 +866,7 @@ def overview() -> dict[str, Any]:
                 "cancelled).",
                 [
                     Query(
-                        sum_by("reason, result", rate("intact_attempts_total", **per_upstream)),
+                        sum_by("reason, result", rate("intact_attempts_total", **per_stream)),
                         "{{reason}}: {{result}}",
                     )
                 ],
@@ -777,11 +879,9 @@ def overview() -> dict[str, Any]:
                 "handles badly.",
                 [
                     Query(
-                        sum_by(
-                            "", rate("intact_attempts_total", reason=eq("resume"), **per_upstream)
-                        )
+                        sum_by("", rate("intact_attempts_total", reason=eq("resume"), **per_stream))
                         + " / "
-                        + sum_by("", rate("intact_attempts_total", **per_upstream)),
+                        + sum_by("", rate("intact_attempts_total", **per_stream)),
                         "resumes / all attempts",
                     ),
                     Query(
@@ -790,10 +890,10 @@ def overview() -> dict[str, Any]:
                             "intact_attempts_total",
                             reason=eq("resume"),
                             result=eq("success"),
-                            **per_upstream,
+                            **per_stream,
                         )
                         + ") / sum ("
-                        + rate("intact_attempts_total", reason=eq("resume"), **per_upstream)
+                        + rate("intact_attempts_total", reason=eq("resume"), **per_stream)
                         + ")",
                         "resumes that succeeded",
                     ),
@@ -870,7 +970,7 @@ def overview() -> dict[str, Any]:
                 "App requests being served right now, per intact instance.",
                 [
                     Query(
-                        f"sum by (instance) ({selector('intact_active_streams', **where)})",
+                        f"sum by (instance) ({selector('intact_active_streams', **who_where)})",
                         "{{instance}}",
                     )
                 ],
@@ -920,8 +1020,6 @@ def overview() -> dict[str, Any]:
         ],
     )
 
-    ttfc = "gen_ai_client_operation_time_to_first_chunk_seconds_bucket"
-    op = "gen_ai_client_operation_duration_seconds_bucket"
     latency = Row(
         "Latency",
         [
@@ -930,16 +1028,21 @@ def overview() -> dict[str, Any]:
                 "GenAI client metric: from sending an upstream attempt to its first chunk, "
                 "p50, p95 and p99 over all attempts (resumes included).",
                 [
-                    Query(quantile(q, ttfc, **genai), f"p{round(q * 100)}")
+                    Query(quantile(q, GENAI_TTFC, **genai), f"p{round(q * 100)}")
                     for q in (0.5, 0.95, 0.99)
                 ],
                 unit="s",
             ),
             timeseries(
                 "Upstream attempt duration",
-                "GenAI client metric gen_ai.client.operation.duration: one upstream attempt "
-                "from request to its end or failure, p50, p95 and p99.",
-                [Query(quantile(q, op, **genai), f"p{round(q * 100)}") for q in (0.5, 0.95, 0.99)],
+                "GenAI client metric gen_ai.client.operation.duration (or, with "
+                "OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental, "
+                "gen_ai.client.inference.duration): one upstream attempt from request to its "
+                "end or failure, p50, p95 and p99.",
+                [
+                    Query(quantile(q, GENAI_DURATION, **genai), f"p{round(q * 100)}")
+                    for q in (0.5, 0.95, 0.99)
+                ],
                 unit="s",
             ),
             timeseries(
@@ -950,7 +1053,7 @@ def overview() -> dict[str, Any]:
                 [
                     Query(
                         quantile(
-                            q, "intact_stream_duration_seconds_bucket", "outcome", **per_upstream
+                            q, "intact_stream_duration_seconds_bucket", "outcome", **per_stream
                         ),
                         f"p{round(q * 100)} {{{{outcome}}}}",
                     )
@@ -961,14 +1064,9 @@ def overview() -> dict[str, Any]:
             timeseries(
                 "Token usage",
                 "Input and output tokens per second as reported by the upstreams' usage "
-                "(GenAI client metric gen_ai.client.token.usage).",
-                [
-                    Query(
-                        "sum by (gen_ai_token_type) ("
-                        f"{rate('gen_ai_client_token_usage_sum', **genai)})",
-                        "{{gen_ai_token_type}}",
-                    )
-                ],
+                "(GenAI client metric gen_ai.client.token.usage, or the "
+                "gen_ai.client.inference.usage.* counters that replace it when opted in).",
+                [Query(token_rate(**genai), "{{gen_ai_token_type}}")],
                 unit="suffix: tok/s",
             ),
         ],
@@ -996,6 +1094,8 @@ def overview() -> dict[str, Any]:
                 f"label_values({selector('intact_streams_total', **per_upstream)}, model)",
                 description="Request model (capped per upstream; later models show as 'other')",
             ),
+            api_variable(**per_upstream),
+            app_variable(**per_upstream),
         ],
         annotations=[breaker_annotation(**per_upstream)],
     )
@@ -1004,17 +1104,24 @@ def overview() -> dict[str, Any]:
 def upstreams() -> dict[str, Any]:
     where = scope()
     one = {**where, "upstream": eq("$upstream")}
+    one_api = {**one, "api": rx("$api")}  # the stream metrics of the selected APIs
 
     def stream_rate(outcomes: str, by: str = "") -> str:
-        return sum_by(by, rate("intact_streams_total", outcome=outcomes, **one))
+        return sum_by(by, rate("intact_streams_total", outcome=outcomes, **one_api))
 
     streams = Row(
         "Streams",
         [
             timeseries(
                 "Streams by outcome and model",
-                "App requests per second served by this upstream, by outcome and model.",
-                [Query(stream_rate(rx(".+"), "outcome, model"), "{{outcome}} {{model}}")],
+                "App requests per second served by this upstream, by outcome, model and "
+                "app-facing API.",
+                [
+                    Query(
+                        stream_rate(rx(".+"), "outcome, model, api"),
+                        "{{outcome}} {{model}} ({{api}})",
+                    )
+                ],
                 unit="reqps",
             ),
             timeseries(
@@ -1045,7 +1152,7 @@ def upstreams() -> dict[str, Any]:
                 "Attempts per second to this upstream: initial, retry or resume, by result.",
                 [
                     Query(
-                        f"sum by (reason, result) ({rate('intact_attempts_total', **one)})",
+                        f"sum by (reason, result) ({rate('intact_attempts_total', **one_api)})",
                         "{{reason}}: {{result}}",
                     )
                 ],
@@ -1056,7 +1163,7 @@ def upstreams() -> dict[str, Any]:
                 "Failed attempts per second to this upstream by kind.",
                 [
                     Query(
-                        f"sum by (kind) ({rate('intact_interruptions_total', **one)})",
+                        f"sum by (kind) ({rate('intact_interruptions_total', **one_api)})",
                         "{{kind}}",
                     )
                 ],
@@ -1104,8 +1211,6 @@ def upstreams() -> dict[str, Any]:
             ),
         ],
     )
-    ttfc = "gen_ai_client_operation_time_to_first_chunk_seconds_bucket"
-    op = "gen_ai_client_operation_duration_seconds_bucket"
     latency = Row(
         "Latency and tokens",
         [
@@ -1114,7 +1219,7 @@ def upstreams() -> dict[str, Any]:
                 "p50 and p95 from sending an attempt to its first chunk, per model.",
                 [
                     Query(
-                        quantile(q, ttfc, "gen_ai_request_model", **one),
+                        quantile(q, GENAI_TTFC, "gen_ai_request_model", **one_api),
                         f"p{round(q * 100)} {{{{gen_ai_request_model}}}}",
                     )
                     for q in (0.5, 0.95)
@@ -1128,7 +1233,7 @@ def upstreams() -> dict[str, Any]:
                 [
                     Query(
                         "label_replace("
-                        + quantile(0.95, op, "error_type", **one)
+                        + quantile(0.95, GENAI_DURATION, "error_type", **one_api)
                         + ', "error_type", "success", "error_type", "")',
                         "{{error_type}}",
                     )
@@ -1140,7 +1245,7 @@ def upstreams() -> dict[str, Any]:
                 "Interruption to first continuation text delivered, p50 and p95.",
                 [
                     Query(
-                        quantile(q, "intact_recovery_duration_seconds_bucket", **one),
+                        quantile(q, "intact_recovery_duration_seconds_bucket", **one_api),
                         f"p{round(q * 100)}",
                     )
                     for q in (0.5, 0.95)
@@ -1153,12 +1258,11 @@ def upstreams() -> dict[str, Any]:
                 "tokens per second recovery delivered through resumes.",
                 [
                     Query(
-                        "sum by (gen_ai_token_type, gen_ai_request_model) ("
-                        f"{rate('gen_ai_client_token_usage_sum', **one)})",
+                        token_rate("gen_ai_request_model", **one_api),
                         "{{gen_ai_token_type}} {{gen_ai_request_model}}",
                     ),
                     Query(
-                        f"sum ({rate('intact_recovered_tokens_total', **one)})",
+                        f"sum ({rate('intact_recovered_tokens_total', **one_api)})",
                         "recovered (output)",
                     ),
                 ],
@@ -1180,6 +1284,7 @@ def upstreams() -> dict[str, Any]:
                 f"label_values({selector('intact_breaker_state', **where)}, upstream)",
                 multi=False,
             ),
+            api_variable(**one),
         ],
         annotations=[breaker_annotation(**one)],
     )

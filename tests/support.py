@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
+import httpx2
 import openai
 import structlog
 
@@ -20,6 +22,9 @@ from intact.simulator import SimulatedUpstream, SimulatorSettings
 from intact.telemetry.api import Telemetry
 
 FAST_SIM = SimulatorSettings(tok_per_s=0, ttft=0.0, seed=1, repeat_prob=0.0)
+
+# The simulator speaks chat completions, Responses and Anthropic Messages alike.
+ALL_APIS = ["chat", "responses", "messages"]
 
 MESSAGES = [{"role": "user", "content": "Tell me how intact keeps streams whole."}]
 
@@ -54,7 +59,8 @@ async def daemon_for(
     sims = sims if isinstance(sims, list) else [sims]
     # The simulator continues an assistant prefill like vLLM or llama.cpp do.
     ups = over.pop("upstreams", None) or [
-        {"name": f"sim{i}", "base_url": s.base_url, "resume": "prefill"} for i, s in enumerate(sims)
+        {"name": f"sim{i}", "base_url": s.base_url, "resume": "prefill", "apis": ALL_APIS}
+        for i, s in enumerate(sims)
     ]
     cfg = fast_config(tmp_path, ups, **over)
     async with running_daemon(cfg, telemetry=telemetry) as d:
@@ -69,6 +75,18 @@ def sdk(socket_path: str, timeout: float = 30.0) -> openai.AsyncOpenAI:
         api_key="unused",
         max_retries=0,
         http_client=httpx.AsyncClient(transport=transport, timeout=timeout),
+    )
+
+
+def anthropic_sdk(socket_path: str, timeout: float = 30.0) -> anthropic.AsyncAnthropic:
+    """Anthropic's official SDK pointed at intact's socket, as an app would use it (it is
+    built on httpx2, not httpx)."""
+    transport = httpx2.AsyncHTTPTransport(uds=socket_path)
+    return anthropic.AsyncAnthropic(
+        base_url="http://intact",
+        api_key="unused",
+        max_retries=0,
+        http_client=httpx2.AsyncClient(transport=transport, timeout=timeout),
     )
 
 

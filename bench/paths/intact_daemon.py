@@ -27,11 +27,21 @@ class IntactDaemon:
     name = "intact"
     note = "intact run, Prometheus exporter on, log level info"
 
-    def __init__(self, workdir: Path, max_streams: int) -> None:
-        self.socket = workdir / "intact.sock"
-        self.config = workdir / "intact.toml"
-        self.log = workdir / "intact.log"
+    def __init__(
+        self,
+        workdir: Path,
+        max_streams: int,
+        *,
+        name: str = "intact",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        stem = name.replace(" ", "-")
+        self.socket = workdir / f"{stem}.sock"
+        self.config = workdir / f"{stem}.toml"
+        self.log = workdir / f"{stem}.log"
         self.max_streams = max_streams
+        self.env = env  # None: this process's environment (bench/ab.py runs variants)
         self.metrics_port = free_port()
         self._proc: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
@@ -61,7 +71,7 @@ max_queued = {limit}
 """
         )
         cmd = [sys.executable, "-m", "intact", "run", "--config", str(self.config)]
-        self._proc = spawn(cmd, self.log, self.socket.exists)
+        self._proc = spawn(cmd, self.log, self.socket.exists, env=self.env)
         self.pid = self._proc.pid
 
     def target(self) -> Target:

@@ -21,6 +21,14 @@ from urllib.parse import urlsplit
 BackoffGrowth = Literal["exponential", "linear", "fibonacci"]
 JitterKind = Literal["full", "equal", "decorrelated", "none"]
 ResumeMode = Literal["prefill", "prefix", "instruct", "restart"]
+UpstreamKind = Literal["openai", "anthropic"]
+# The app-facing APIs the relay recovers (bounded: the `api` label of the stream metrics).
+RELAYED_APIS = ("chat", "responses", "messages")
+DEFAULT_APIS_BY_KIND: dict[str, tuple[str, ...]] = {
+    "openai": ("chat", "responses"),
+    "anthropic": ("messages",),
+}
+ANTHROPIC_VERSION = "2023-06-01"
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 OtlpProtocol = Literal["grpc", "http/protobuf"]
@@ -459,6 +467,20 @@ class UpstreamConfig:
         "every reload (SIGHUP), so a rotated key needs no restart. Wins over api_key_env.",
     )
     models: tuple[str, ...] = setting((), "Models this upstream serves; empty = every model.")
+    kind: UpstreamKind = setting(
+        "openai",
+        "The API family the upstream speaks: openai (chat completions, Responses and every "
+        "other /v1/ path) or anthropic (Messages at base_url + /messages; intact's key goes "
+        "in x-api-key and anthropic-version is sent unless the app sends its own).",
+    )
+    apis: tuple[str, ...] = setting(
+        (),
+        "App APIs this upstream serves (chat, responses, messages); empty = by kind: openai "
+        "serves chat and responses, anthropic serves messages. A server that speaks both "
+        "families (the built-in simulator, llama.cpp) can list all three.",
+        pattern="chat|responses|messages",
+        shown="by kind",
+    )
     provider: str = setting(
         "openai", "gen_ai.provider.name reported in telemetry (openai, azure.ai.openai, ...)."
     )
@@ -803,6 +825,10 @@ def build_config(raw: Mapping[str, Any]) -> Config:
             raise ConfigError(f"upstreams[{i}] must be a table, got {up!r}")
         # Each upstream inherits the global [retry]/[stream]/[breaker] and overrides per key.
         resolved = dict(up)
+        if resolved.get("kind") == "anthropic":
+            # Anthropic's own conventions, unless the config says otherwise.
+            resolved.setdefault("api_key_header", "x-api-key")
+            resolved.setdefault("provider", "anthropic")
         if "resume" not in resolved and isinstance(resolved.get("base_url", ""), str):
             base_url = resolved.get("base_url", UpstreamConfig.base_url)
             resolved["resume"] = default_resume_mode(base_url)

@@ -263,6 +263,82 @@ async def running_daemon(
         log.info("intact_stopped")
 
 
+def tune_gc() -> None:
+    import gc
+
+    spec = os.environ.get("XPERF_GC", "freeze:50000,20,100")
+    mode, _, thr = spec.partition(":")
+    if os.environ.get("XPERF_GCSTATS"):
+        import atexit
+        import sys
+        import time
+
+        stats = {0: [0, 0.0, 0], 1: [0, 0.0, 0], 2: [0, 0.0, 0]}
+        t0 = [0.0]
+
+        def cb(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                t0[0] = time.thread_time()
+            else:
+                st = stats[info["generation"]]
+                st[0] += 1
+                st[1] += time.thread_time() - t0[0]
+                st[2] += info["collected"]
+
+        gc.callbacks.append(cb)
+        import collections
+        import signal as _signal
+
+        def dump(*_a: object) -> None:
+            objs = gc.get_objects()
+            c = collections.Counter(
+                type(o).__qualname__ + ":" + str(getattr(type(o), "__module__", "")) for o in objs
+            )
+            print("GCDUMP", len(objs), gc.get_freeze_count(), file=sys.stderr)
+            for k, v in c.most_common(60):
+                print("GCDUMP", v, k, file=sys.stderr)
+            print("GCSTATS", stats, file=sys.stderr, flush=True)
+
+        _signal.signal(_signal.SIGUSR2, dump)
+        if os.environ.get("XPERF_GARBAGE"):
+            gc.set_debug(gc.DEBUG_SAVEALL)
+
+            def dumpg(*_a: object) -> None:
+                gc.collect()
+                c = collections.Counter(type(o).__qualname__ + ":" + str(getattr(type(o), "__module__", "")) for o in gc.garbage)
+                print("GARBAGE", len(gc.garbage), file=sys.stderr)
+                for k, v in c.most_common(50):
+                    print("GARBAGE", v, k, file=sys.stderr)
+                import pickle
+                with open("/tmp/garbage_sample.txt", "w") as f:
+                    for o in gc.garbage[:3000]:
+                        try:
+                            f.write(type(o).__qualname__ + " " + repr(o)[:300] + "\n")
+                        except Exception:
+                            pass
+                gc.garbage.clear()
+                sys.stderr.flush()
+
+            _signal.signal(_signal.SIGUSR1, dumpg)
+        atexit.register(
+            lambda: print(
+                "GCSTATS",
+                stats,
+                gc.get_count(),
+                len(gc.get_objects()),
+                gc.get_freeze_count(),
+                file=sys.stderr,
+                flush=True,
+            )
+        )
+    if "freeze" in mode:
+        gc.collect()
+        gc.freeze()
+    if thr:
+        a, b, c = (int(x) for x in thr.split("/"))
+        gc.set_threshold(a, b, c)
+
+
 async def serve_until_signalled(
     config: Config,
     *,
@@ -282,6 +358,7 @@ async def serve_until_signalled(
     async with running_daemon(
         config, telemetry=telemetry, metrics_handler=metrics_handler, load_config=load_config
     ) as daemon:
+        tune_gc()
 
         async def reload_on_hup() -> None:
             assert load_config is not None

@@ -1,8 +1,10 @@
 """The app side: the OpenAI-compatible HTTP API that apps reach over the Unix socket.
 
-Routes: ``POST /v1/chat/completions`` (stream and non-stream), ``GET /v1/models``, and every
-other ``/v1/`` route, relayed unchanged (``relay.passthrough``). Bad input is refused here,
-before it can cost an upstream call, with the OpenAI error shape the SDKs understand; so are
+Routes: ``POST /v1/chat/completions``, Anthropic's ``POST /v1/messages`` and OpenAI's
+``POST /v1/responses`` (stream and non-stream, recovered: ``relay.engine``),
+``GET /v1/models``, and every other ``/v1/`` route, relayed unchanged
+(``relay.passthrough``). Bad input is refused here, before it can cost an upstream call,
+with the error shape each SDK understands; so are
 routes outside ``/v1/`` (404), wrong methods on intact's own routes (405) and oversized
 bodies (413).
 So are peers the access list does not allow (403), a connection over its peer's cap and an
@@ -26,8 +28,17 @@ from intact.connections import AppConnection, ConnectionGate
 from intact.errors import AppError, invalid_request, not_found
 from intact.peer import Peer
 from intact.relay.engine import Relay
+from intact.relay.messages import (
+    MessageCollector,
+    MessagesSSESink,
+    messages_sink,
+    parse_messages_request,
+)
+from intact.relay.messages import error_response as messages_error_response
 from intact.relay.passthrough import OWN_ROUTES, RelayedRequest, relay_passthrough
+from intact.relay.protocol import AppRequest
 from intact.relay.request import parse_chat_request
+from intact.relay.responses import ResponsesRequest, parse_responses_request, responses_sink
 from intact.relay.sinks import AppLimits, CompletionSink, SSESink, json_response
 from intact.resilience.classify import UpstreamFailure
 from intact.telemetry.api import REQUEST_APP, RefusalReason
@@ -227,26 +238,68 @@ def _serving(request: web.Request, app: str) -> Iterator[None]:
         REQUEST_APP.reset(app_token)
 
 
+class _Api:
+    """How one relayed API reads its requests, writes its answers and shapes its errors."""
+
+    __slots__ = ("error", "parse", "sink")
+
+    def __init__(
+        self,
+        parse: Callable[[bytes, Any], AppRequest | AppError],
+        sink: Callable[[web.Request, bool, AppLimits], AnySink],
+        error: Callable[[AppError], web.Response] = error_response,
+    ) -> None:
+        self.parse = parse
+        self.sink = sink
+        self.error = error
+
+
+AnySink = SSESink | CompletionSink | MessagesSSESink | MessageCollector
+
+
+def _chat_sink(request: web.Request, stream: bool, limits: AppLimits) -> AnySink:
+    return SSESink(request, limits) if stream else CompletionSink()
+
+
+CHAT = _Api(parse_chat_request, _chat_sink)
+MESSAGES = _Api(parse_messages_request, messages_sink, messages_error_response)
+RESPONSES = _Api(parse_responses_request, responses_sink)
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _relayed(request, CHAT)
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    """Anthropic Messages; errors in Anthropic's shape, which its SDK reads."""
+    return await _relayed(request, MESSAGES)
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    return await _relayed(request, RESPONSES)
+
+
+async def _relayed(request: web.Request, api: _Api) -> web.StreamResponse:
+    """One request of a recovered API, from the socket through the relay and back."""
     relay = request.app[RELAY_KEY]
     access = request.app[ACCESS_KEY]
     peer = _peer(request)
     app = access.app_for(peer, request.headers)
     if relay.draining:
-        return error_response(SHUTTING_DOWN)
+        return api.error(SHUTTING_DOWN)
     raw = await _read_body(request, peer, app)
     if isinstance(raw, web.Response):
         return raw
-    parsed = parse_chat_request(raw, request.headers)
+    parsed = api.parse(raw, request.headers)
     if isinstance(parsed, AppError):
-        return error_response(parsed)
+        return api.error(parsed)
+    if isinstance(parsed, ResponsesRequest) and parsed.background and not parsed.stream:
+        # Background without a stream answers at once with a queued response the app polls:
+        # nothing to recover, so it is relayed as it is.
+        return await passthrough(request, raw)
     if not access.open_stream(app):
         return _refuse_over_stream_limit(request, peer, app)
-    sink: SSESink | CompletionSink = (
-        SSESink(request, AppLimits.from_config(relay.config.server))
-        if parsed.stream
-        else CompletionSink()
-    )
+    sink = api.sink(request, parsed.stream, AppLimits.from_config(relay.config.server))
     try:
         with _serving(request, app):
             await relay.serve(parsed, sink, request.headers)
@@ -259,18 +312,19 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     return sink.result
 
 
-async def passthrough(request: web.Request) -> web.StreamResponse:
+async def passthrough(request: web.Request, body: bytes | None = None) -> web.StreamResponse:
     """Any other /v1/ route: relayed unchanged to the upstream that serves it."""
-    allowed = OWN_ROUTES.get(request.path)
-    if allowed is not None:  # intact's own route, asked with another method
-        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    if body is None:
+        allowed = OWN_ROUTES.get(request.path)
+        if allowed is not None:  # intact's own route, asked with another method
+            raise web.HTTPMethodNotAllowed(request.method, allowed)
     relay = request.app[RELAY_KEY]
     access = request.app[ACCESS_KEY]
     peer = _peer(request)
     app = access.app_for(peer, request.headers)
     if relay.draining:
         return error_response(SHUTTING_DOWN)
-    raw = await _read_body(request, peer, app)
+    raw = body if body is not None else await _read_body(request, peer, app)
     if isinstance(raw, web.Response):
         return raw
     if not access.open_stream(app):
@@ -338,6 +392,8 @@ def build_app(
         max_per_peer=server.max_connections_per_peer, read_timeout=server.request_read_timeout
     )
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/responses", responses)
     app.router.add_get("/v1/models", list_models)
     app.router.add_route("*", "/v1/{route:.+}", passthrough)  # after intact's own routes
     return app

@@ -99,8 +99,10 @@ class Summaries(NoTelemetry):
     def __init__(self) -> None:
         self.done: list[RequestSummary] = []
 
-    def request(self, *, headers: Mapping[str, str], model: str, stream: bool) -> RequestTrace:
-        trace = super().request(headers=headers, model=model, stream=stream)
+    def request(
+        self, *, headers: Mapping[str, str], model: str, stream: bool, api: str = "chat"
+    ) -> RequestTrace:
+        trace = super().request(headers=headers, model=model, stream=stream, api=api)
         trace.finish = self.done.append  # type: ignore[method-assign]
         return trace
 

@@ -32,8 +32,10 @@ class Recorder(NoTelemetry):
         self.summaries: list[RequestSummary] = []
         self.hedges: list[tuple[str, bool]] = []
 
-    def request(self, *, headers: Mapping[str, str], model: str, stream: bool) -> RequestTrace:
-        trace = super().request(headers=headers, model=model, stream=stream)
+    def request(
+        self, *, headers: Mapping[str, str], model: str, stream: bool, api: str = "chat"
+    ) -> RequestTrace:
+        trace = super().request(headers=headers, model=model, stream=stream, api=api)
         trace.finish = self.summaries.append  # type: ignore[method-assign]
         trace.hedge = lambda *, upstream, won: self.hedges.append((upstream, won))  # type: ignore[method-assign]
         return trace

@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,14 +131,17 @@ class Intact:
 @pytest.fixture(scope="session")
 def serve_intact() -> Callable[..., AbstractAsyncContextManager[Intact]]:
     """``async with serve_intact(workdir, **config_overrides) as intact``: telemetry wired as
-    `intact run` wires it (/metrics on a free loopback port), one upstream named sim0."""
+    `intact run` wires it (/metrics on a free loopback port), one upstream named sim0.
+    ``environ`` replaces the process environment for telemetry (``OTEL_*`` variables)."""
 
     @contextlib.asynccontextmanager
-    async def serve(workdir: Path, **over: Any) -> AsyncIterator[Intact]:
+    async def serve(
+        workdir: Path, *, environ: Mapping[str, str] | None = None, **over: Any
+    ) -> AsyncIterator[Intact]:
         async with fast_sim() as sim:
             upstreams = [{"name": UPSTREAM, "base_url": sim.base_url}]
             cfg = fast_config(workdir, upstreams, telemetry={"log_format": "json"}, **over)
-            runtime = start_telemetry(cfg, log_stream=io.StringIO())
+            runtime = start_telemetry(cfg, log_stream=io.StringIO(), environ=environ)
             try:
                 async with running_daemon(
                     cfg, telemetry=runtime.telemetry, metrics_handler=runtime.metrics_handler

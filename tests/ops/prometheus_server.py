@@ -32,6 +32,8 @@ GRAFANA_VARIABLES = {
     "$instance": ".*",
     "$upstream": ".*",
     "$model": ".*",
+    "$api": ".*",
+    "$app": ".*",
 }
 
 

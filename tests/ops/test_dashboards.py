@@ -38,6 +38,33 @@ _MATCHER_LABEL = re.compile(r"(\w+)\s*(?:=~|!~|!=|=)")
 _LABEL_VALUES = re.compile(r"label_values\((.+),\s*(\w+)\)$")
 
 
+# OTEL_SEMCONV_STABILITY_OPT_IN: the GenAI client metrics under both their names.
+BOTH_GENAI_CONVENTIONS = {"OTEL_SEMCONV_STABILITY_OPT_IN": "gen_ai_latest_experimental/dup"}
+OPTED_IN = {  # default name -> the name with gen_ai_latest_experimental
+    "gen_ai_client_operation_duration_seconds_bucket": (
+        "gen_ai_client_inference_duration_seconds_bucket"
+    ),
+    "gen_ai_client_operation_time_to_first_chunk_seconds_bucket": (
+        "gen_ai_client_inference_time_to_first_chunk_seconds_bucket"
+    ),
+}
+COUNTERS = {  # what replaces gen_ai_client_token_usage (by gen_ai_token_type) when opted in
+    "input": "gen_ai_client_inference_usage_input_tokens_total",
+    "output": "gen_ai_client_inference_usage_output_tokens_total",
+}
+# Metrics of app requests, which carry the api and app labels.
+STREAM_METRIC_PREFIXES = (
+    "intact_streams_",
+    "intact_attempts_",
+    "intact_interruptions_",
+    "intact_recovered_tokens_",
+    "intact_active_streams",
+    "intact_stream_duration_",
+    "intact_recovery_duration_",
+    "gen_ai_",
+)
+
+
 def metric_names(expr: str) -> set[str]:
     """Metric names a PromQL expression reads."""
     text = _STRING.sub('""', expr)
@@ -241,7 +268,8 @@ async def test_every_metric_and_label_the_dashboards_query_is_exported(
     panel_queries: list[Any],
     tmp_path: Path,
 ) -> None:
-    async with serve_intact(tmp_path) as intact:
+    # Both the GenAI metrics' default names and the opted-in ones: panels read either.
+    async with serve_intact(tmp_path, environ=BOTH_GENAI_CONVENTIONS) as intact:
         await intact.mixed_traffic()
         exported = _exported(await intact.metrics_text())
     known = set(exported) | recorded_names()
@@ -281,4 +309,59 @@ async def test_every_metric_and_label_the_dashboards_query_is_exported(
         "gen_ai_client_operation_duration_seconds_bucket",
         "gen_ai_client_token_usage_sum",
         "gen_ai_client_operation_time_to_first_chunk_seconds_bucket",
+        *OPTED_IN.values(),
+        *COUNTERS.values(),
     } <= queried
+
+
+def test_dashboards_select_and_split_by_api_and_app(
+    dashboards: dict[str, dict[str, Any]],
+) -> None:
+    overview = {v["name"]: v for v in dashboards["intact-overview.json"]["templating"]["list"]}
+    upstream = {v["name"]: v for v in dashboards["intact-upstreams.json"]["templating"]["list"]}
+    for variables, names in ((overview, ("api", "app")), (upstream, ("api",))):
+        for name in names:
+            var = variables[name]
+            assert var["multi"] and var["includeAll"] and var["allValue"] == ".*", name
+            match = _LABEL_VALUES.match(var["definition"])
+            assert match and match.group(2) == name
+            assert metric_names(match.group(1)) == {"intact_streams_total"}
+    panels = {p["title"]: p for p in non_row_panels(dashboards["intact-overview.json"])}
+    (by_api,) = panels["Interruption rate by API"]["targets"]
+    assert by_api["expr"].count("sum by (api)") == 2 and by_api["legendFormat"] == "{{api}}"
+    (by_app,) = panels["Interruption rate by app"]["targets"]
+    assert by_app["expr"].count("sum by (app)") == 2 and by_app["legendFormat"] == "{{app}}"
+    (outcomes,) = panels["Streams by API and outcome"]["targets"]
+    assert "sum by (api, outcome)" in outcomes["expr"]
+
+
+def test_stream_metric_queries_follow_the_api_and_app_variables(
+    dashboards: dict[str, dict[str, Any]],
+) -> None:
+    """On the overview every stream metric is narrowed by $api and $app, on the upstream
+    drilldown by $api; breaker, budget and hedge metrics have neither label."""
+    follows = {"intact-overview.json": {"api", "app"}, "intact-upstreams.json": {"api"}}
+    for name, wanted in follows.items():
+        for panel in non_row_panels(dashboards[name]):
+            for target in panel["targets"]:
+                for metric, labels in matcher_labels(target["expr"]).items():
+                    where = f"{name}: {panel['title']!r}: {metric}"
+                    if metric.startswith(STREAM_METRIC_PREFIXES):
+                        assert wanted <= labels, where
+                    else:
+                        assert not {"api", "app"} & labels, where
+
+
+def test_genai_panels_read_the_opted_in_names_too(panel_queries: list[Any]) -> None:
+    """A panel reading a GenAI client metric under its default name reads it, after ``or``,
+    under the name OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental gives it."""
+    seen = 0
+    for q in panel_queries:
+        names = metric_names(q.expr)
+        for old, new in OPTED_IN.items():
+            if old in names:
+                seen += 1
+                assert new in names and " or " in q.expr, f"{q.dashboard} {q.where}"
+        if "gen_ai_client_token_usage_sum" in names:
+            assert set(COUNTERS.values()) <= names, f"{q.dashboard} {q.where}"
+    assert seen >= 4

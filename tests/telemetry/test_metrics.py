@@ -90,6 +90,12 @@ async def test_counters_match_a_scripted_run(
     assert sinks.counts("gen_ai.client.operation.time_to_first_chunk") == {(): 7}
     assert sinks.counts("intact.active_streams") == {}
     assert sinks.counts("intact.retry_budget.exhausted") == {}
+    # Chat completions from a peer that is no configured app: api chat, app other.
+    for name in ("intact.streams", "intact.interruptions", "intact.attempts",
+                 "intact.recovered_tokens", "intact.stream.duration", "intact.recovery.duration",
+                 "gen_ai.client.operation.duration", "gen_ai.client.token.usage",
+                 "gen_ai.client.operation.time_to_first_chunk"):  # fmt: skip
+        assert set(sinks.counts(name, "api", "app")) == {("chat", "other")}, name
 
     # The same facts as Prometheus scrapes them from the admin listener.
     assert scraped(samples, "intact_streams_total", "outcome", "upstream", "model") == streams
@@ -250,8 +256,10 @@ def test_stream_counters_of_configured_models_start_at_zero(tmp_path: Path) -> N
     finally:
         rt.shutdown()
     for outcome in ("completed", "recovered", "failed", "rejected", "cancelled"):
-        series = (
-            f'intact_streams_total{{model="llama",outcome="{outcome}",'
-            f'served_model="llama",upstream="vllm"}}'
-        )
-        assert f"{series} 0.0" in text
+        for api in ("chat", "messages", "responses"):  # no [[apps]]: every peer is "other"
+            series = (
+                f'intact_streams_total{{api="{api}",app="other",model="llama",'
+                f'outcome="{outcome}",served_model="llama",upstream="vllm"}}'
+            )
+            assert f"{series} 0.0" in text
+    assert 'api="passthrough"' not in text.partition("intact_streams_total")[2]

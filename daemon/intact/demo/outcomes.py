@@ -88,8 +88,10 @@ class RelayOutcomes:
 
     # Telemetry
 
-    def request(self, *, headers: Mapping[str, str], model: str, stream: bool) -> RequestTrace:
-        trace = self.inner.request(headers=headers, model=model, stream=stream)
+    def request(
+        self, *, headers: Mapping[str, str], model: str, stream: bool, api: str = "chat"
+    ) -> RequestTrace:
+        trace = self.inner.request(headers=headers, model=model, stream=stream, api=api)
         return _TappedRequest(self, headers.get(LOADGEN_ID_HEADER), trace)
 
     def breaker_transition(self, upstream: str, old: BreakerState, new: BreakerState) -> None:

@@ -139,7 +139,14 @@ def demo_config(opts: DemoOptions, upstream_url: str, socket_path: str) -> Confi
         "socket": socket_path,
         "metrics_addr": opts.metrics_addr,
     }
-    raw["upstreams"] = [{"name": UPSTREAM_NAME, "base_url": upstream_url, "resume": "prefill"}]
+    raw["upstreams"] = [
+        {
+            "name": UPSTREAM_NAME,
+            "base_url": upstream_url,
+            "resume": "prefill",
+            "apis": ["chat", "responses", "messages"],  # the simulator speaks all three
+        }
+    ]
     return build_config(raw)
 
 

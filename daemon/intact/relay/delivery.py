@@ -41,6 +41,9 @@ from intact.recovery.splice import ContinuationDiverged, ContinuationSplicer, Sp
 from intact.relay.sinks import AppSink
 from intact.relay.usage import AttemptTokens, recovered_usage
 from intact.resilience import classify
+from intact.upstream.client import UpstreamCall
+
+CHAT_PATH = "/chat/completions"
 
 # Fields that carry the model's reasoning rather than its answer.
 _REASONING_KEYS = frozenset({"reasoning_content", "reasoning", "reasoning_details"})
@@ -111,7 +114,7 @@ class _PendingCall:
         return ToolCall(self.index, self.id, self.type, self.name, "".join(self.args))
 
 
-class _Text:
+class ReceivedText:
     """Text received piece by piece, joined only when it is read."""
 
     __slots__ = ("chars", "parts", "ws_tail")
@@ -158,8 +161,8 @@ class Delivery:
         self.n = n
         self.meta: dict[str, Any] | None = None  # id/created/model of the first chunk sent
         self.role_sent = False
-        self._content = _Text()
-        self._refusal = _Text()
+        self._content = ReceivedText()
+        self._refusal = ReceivedText()
         self.reasoning_chars = 0  # reasoning text sent (a reasoning_details piece counts 1)
         self.audio_sent = False
         self.tokens_delivered = 0  # chunks of every kind the app got (one token each)
@@ -295,6 +298,21 @@ class Delivery:
             generated_tokens=generated,
             instruct_prompt=instruct_prompt,
         )
+
+    def next_call(
+        self,
+        base_body: dict[str, Any],
+        mode: str,
+        instruct_prompt: str,
+        *,
+        model: str,
+        upstream: str,
+    ) -> UpstreamCall:
+        """The next attempt's POST /chat/completions, for ``model``."""
+        body = self.resume_body(base_body, mode, instruct_prompt)
+        if body.get("model") != model:
+            body = {**body, "model": model}
+        return UpstreamCall(CHAT_PATH, orjson.dumps(body))
 
     def attempt(self, mode: str = "instruct") -> AttemptFilter:
         """The filter of the next attempt; ``mode`` is its effective resume mode."""
@@ -670,6 +688,16 @@ class AttemptFilter:
     async def on_stream_end(self) -> None:
         """The attempt ended after its finish_reason: flush anything still held."""
         await self._release_tools({}, upto=None)
+
+    async def send_trailer(self) -> None:
+        """The answer is complete: the usage chunk, if the app asked for one."""
+        usage = self.usage_chunk()
+        if usage is not None:
+            await self.d.sink.send_chunk(usage[0], usage[1])
+
+    def token_counts(self) -> tuple[int | None, int | None]:
+        usage = self.usage or {}
+        return usage.get("prompt_tokens"), usage.get("completion_tokens")
 
     def usage_chunk(self) -> tuple[dict[str, Any], bytes | None] | None:
         """The usage chunk to send the app, if it asked for one."""

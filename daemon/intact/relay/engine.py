@@ -24,7 +24,6 @@ import random
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
-import orjson
 import structlog
 
 from intact.clock import SYSTEM_CLOCK, Clock
@@ -33,8 +32,7 @@ from intact.errors import AppError, UpstreamResponseError, not_found
 from intact.recovery.resume import effective_resume_mode
 from intact.relay import endings
 from intact.relay.app_writer import AppGone, AppTooSlow
-from intact.relay.delivery import AttemptFilter, Delivery
-from intact.relay.request import ChatRequest
+from intact.relay.protocol import Answer, AppRequest, AttemptFeed, UpstreamCall
 from intact.relay.sinks import AppSink
 from intact.resilience import classify
 from intact.resilience.breaker import BreakerPermit, BreakerState, CallOutcome
@@ -173,18 +171,22 @@ class Relay:
     def route(self, model: str) -> RouteConfig | None:
         return self._routes.get(model)
 
-    async def serve(self, req: ChatRequest, sink: AppSink, headers: Mapping[str, str]) -> None:
+    async def serve(self, req: AppRequest, sink: AppSink, headers: Mapping[str, str]) -> None:
         """Relay one app request to completion, recovery or an explicit error."""
-        ups = self.candidates(req.model)
+        for_model = self.candidates(req.model)
+        ups = [t for t in for_model if t.upstream.serves_api(req.api)]
         if not ups:
-            await sink.fail(
-                not_found(
-                    f"The model `{req.model}` is not served by any configured upstream.",
-                    code="model_not_found",
+            message = f"The model `{req.model}` is not served by any configured upstream."
+            if for_model:
+                message = (
+                    f"No configured upstream serves the `{req.api}` API for the model "
+                    f"`{req.model}` (see the upstreams' `kind` and `apis` settings)."
                 )
-            )
+            await sink.fail(not_found(message, code="model_not_found"))
             return
-        trace = self.telemetry.request(headers=headers, model=req.model, stream=req.stream)
+        trace = self.telemetry.request(
+            headers=headers, model=req.model, stream=req.stream, api=req.api
+        )
         with trace:
             run = _Run(self, req, sink, trace, ups)
             with self.holding(run):
@@ -228,7 +230,7 @@ class _Run:
     def __init__(
         self,
         relay: Relay,
-        req: ChatRequest,
+        req: AppRequest,
         sink: AppSink,
         trace: RequestTrace,
         ups: list[Target],
@@ -256,7 +258,7 @@ class _Run:
         self.delivery = self._new_delivery()
         self.base_body = req.upstream_body()
         self.interrupted_at: float | None = None
-        self.final_filter: AttemptFilter | None = None
+        self.final_filter: AttemptFeed | None = None
         self.task = asyncio.current_task()
         self.stopped_for_shutdown = False
         self.skipped: tuple[str, str, int | None, float | None] | None = None
@@ -268,17 +270,11 @@ class _Run:
             upstream=self.primary.name,
             attempts=0,
             resumes=0,
+            api=req.api,
         )
 
-    def _new_delivery(self) -> Delivery:
-        req = self.req
-        return Delivery(
-            self.sink,
-            self.relay.config.recovery,
-            app_wants_usage=req.app_wants_usage,
-            n=req.n,
-            token_limit=req.token_limit,
-        )
+    def _new_delivery(self) -> Answer:
+        return self.req.new_answer(self.sink, self.relay.config.recovery)
 
     @property
     def last_failure(self) -> UpstreamFailure | None:
@@ -604,10 +600,14 @@ class _Run:
         resuming = reason is AttemptReason.RESUME and d.answer_chars > 0
         if reason is AttemptReason.RESUME:
             self.summary.resumes += 1
-        filt = d.attempt(mode)
-        body = d.resume_body(self.base_body, mode, self.relay.config.recovery.instruct_prompt)
-        if body.get("model") != up.model:
-            body = {**body, "model": up.model}
+        call = d.next_call(
+            self.base_body,
+            mode,
+            self.relay.config.recovery.instruct_prompt,
+            model=up.model,
+            upstream=runtime.name,
+        )
+        filt = d.attempt(mode)  # after next_call: it may depend on the call prepared
         span = self.trace.attempt(
             number=self.summary.attempts,
             reason=reason,
@@ -618,7 +618,7 @@ class _Run:
         )
         with span:
             try:
-                await self.stream(up, orjson.dumps(body), filt, span, permit, race)
+                await self.stream(up, call, filt, span, permit, race)
             except UpstreamFailure as failure:
                 if failure.breaker_failure:
                     permit.record(CallOutcome.FAILURE)  # a no-op once judged a success...
@@ -640,13 +640,13 @@ class _Run:
                 span.cancelled(delivered_tokens=filt.tokens_delivered)
                 raise
             permit.record(CallOutcome.SUCCESS)
-            usage = filt.usage or {}
+            input_tokens, output_tokens = filt.token_counts()
             span.succeeded(
                 response_id=filt.response_id,
                 response_model=filt.response_model,
                 finish_reasons=[filt.finish_reason] if filt.finish_reason else [],
-                input_tokens=usage.get("prompt_tokens"),
-                output_tokens=usage.get("completion_tokens"),
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
                 delivered_tokens=filt.tokens_delivered,
             )
         self.account(up, filt, reason)
@@ -657,8 +657,8 @@ class _Run:
     async def stream(
         self,
         up: Target,
-        body: bytes,
-        filt: AttemptFilter,
+        call: UpstreamCall,
+        filt: AttemptFeed,
         span: AttemptTrace,
         permit: BreakerPermit,
         race: _Race | None,
@@ -672,7 +672,7 @@ class _Run:
         try:
             async with UpstreamStream(
                 up.upstream.client,
-                body,
+                call,
                 headers=headers,
                 first_token_timeout=timeouts.first_token_timeout,
                 stall_timeout=timeouts.stall_timeout,
@@ -716,7 +716,7 @@ class _Run:
         self,
         up: Target,
         failure: UpstreamFailure,
-        filt: AttemptFilter,
+        filt: AttemptFeed,
         reason: AttemptReason,
     ) -> None:
         self.plan.failed(up, failure, self.loop.time())
@@ -737,7 +737,7 @@ class _Run:
                 detail=failure.message,
             )
 
-    def account(self, up: Target, filt: AttemptFilter, reason: AttemptReason) -> None:
+    def account(self, up: Target, filt: AttemptFeed, reason: AttemptReason) -> None:
         if filt.tokens_delivered and self.plan.content_upstream is None:
             self.plan.content_upstream = up
         if reason is AttemptReason.RESUME:
@@ -753,9 +753,7 @@ class _Run:
         s = self.summary
         filt = self.final_filter
         assert filt is not None
-        usage = filt.usage_chunk()
-        if usage is not None:
-            await self.sink.send_chunk(usage[0], usage[1])
+        await filt.send_trailer()
         if s.attempts > 1:
             await self.sink.send_comment(self._counts_comment())
         await self.sink.finish(
@@ -897,7 +895,7 @@ class _Run:
             # Opt-in only (telemetry.log_content): prompts and answers can hold user data.
             log.info(
                 "request_content",
-                messages=self.req.body.get("messages"),
+                messages=self.req.body.get("messages", self.req.body.get("input")),
                 completion=self.delivery.content(),
                 outcome=s.outcome.value,
             )

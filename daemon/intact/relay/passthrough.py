@@ -48,6 +48,8 @@ API_PREFIX = "/v1"
 # Routes intact answers itself, with the methods they take; others get 405 there.
 OWN_ROUTES: Mapping[str, tuple[str, ...]] = {
     "/v1/chat/completions": ("POST",),
+    "/v1/messages": ("POST",),
+    "/v1/responses": ("POST",),
     "/v1/models": ("GET",),
 }
 # The `endpoint` label: a route's first segment when it is one of these, else "other".
@@ -147,8 +149,11 @@ async def relay_passthrough(
     relay: Relay, request: web.Request, req: RelayedRequest
 ) -> web.StreamResponse:
     """Serve one pass-through request to its end (relayed, an HTTP error, or cut)."""
+    # The API family the route belongs to picks the upstreams: /v1/messages/... goes to
+    # Anthropic upstreams, /v1/responses/... to those serving Responses, the rest to chat's.
+    api = req.endpoint if req.endpoint in ("messages", "responses") else "chat"
     if req.model is not None:
-        targets = relay.candidates(req.model)
+        targets = [t for t in relay.candidates(req.model) if t.upstream.serves_api(api)]
         if not targets:
             error = not_found(
                 f"The model `{req.model}` is not served by any configured upstream.",
@@ -156,7 +161,8 @@ async def relay_passthrough(
             )
             return json_response(error.status, error.body(), error.headers)
     else:
-        targets = [Target(relay.upstreams[0], "", "")]
+        family = [u for u in relay.upstreams if u.serves_api(api)] or relay.upstreams
+        targets = [Target(family[0], "", "")]
     return await _PassthroughRun(relay, request, req, targets).serve()
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from intact.config import RecoveryConfig
 from intact.errors import AppError, invalid_request
 from intact.recovery.resume import REQUEST_RESUME_MODES
+from intact.relay.delivery import Delivery
+from intact.relay.sinks import AppSink
 
 # Header an app may send to shorten the whole request's deadline (seconds).
 TIMEOUT_HEADER = "intact-timeout"
@@ -28,6 +32,16 @@ class ChatRequest:
     timeout: float | None
     # The app's intact-resume header (off, prefill, prefix, instruct, restart), if sent.
     resume: str | None = None
+    api: str = "chat"
+
+    def new_answer(self, sink: AppSink, recovery: RecoveryConfig) -> Delivery:
+        return Delivery(
+            sink,
+            recovery,
+            app_wants_usage=self.app_wants_usage,
+            n=self.n,
+            token_limit=self.token_limit,
+        )
 
     @property
     def token_limit(self) -> int | None:
@@ -102,6 +116,23 @@ def parse_chat_request(raw: bytes, headers: dict[str, str] | Any) -> ChatRequest
     options = body.get("stream_options")
     # A non-streamed completion always carries usage; a stream only when asked for.
     wants_usage = not stream or bool(isinstance(options, dict) and options.get("include_usage"))
+    relay_headers = parse_relay_headers(headers)
+    if isinstance(relay_headers, AppError):
+        return relay_headers
+    timeout, resume = relay_headers
+    return ChatRequest(
+        body=body,
+        model=model,
+        stream=stream,
+        n=n,
+        app_wants_usage=wants_usage,
+        timeout=timeout,
+        resume=resume,
+    )
+
+
+def parse_relay_headers(headers: Mapping[str, str]) -> tuple[float | None, str | None] | AppError:
+    """The app's ``intact-timeout`` and ``intact-resume`` headers (any API), validated."""
     timeout: float | None = None
     header = headers.get(TIMEOUT_HEADER)
     if header is not None:
@@ -124,12 +155,4 @@ def parse_chat_request(raw: bytes, headers: dict[str, str] | Any) -> ChatRequest
                 f"got {headers.get(RESUME_HEADER)!r}.",
                 code="invalid_resume",
             )
-    return ChatRequest(
-        body=body,
-        model=model,
-        stream=stream,
-        n=n,
-        app_wants_usage=wants_usage,
-        timeout=timeout,
-        resume=resume,
-    )
+    return timeout, resume

@@ -4,10 +4,13 @@
 provider: answers are deterministic (`expected_answer`), in the style the request picks by
 model name suffix (`sim-1:code`: prose, code, table, cjk, json, mixed; `:reasoning`,
 `:refusal`), cut into tokens like a BPE tokenizer, and continued the way real models
-continue; faults are named and seedable.
+continue; faults are named and seedable. Besides chat completions it speaks Anthropic's
+/v1/messages (`expected_message`) and OpenAI's /v1/responses (`expected_response`).
 """
 
+from intact.simulator.anthropic_api import ExpectedMessage, expected_message
 from intact.simulator.faults import ALL_FAULT_KINDS, FaultSpec, parse_fault_spec
+from intact.simulator.responses_api import ExpectedResponse, expected_response
 from intact.simulator.server import (
     SimulatedUpstream,
     SimulatorSettings,
@@ -23,6 +26,8 @@ __all__ = [
     "STYLES",
     "TEXT_STYLES",
     "ExpectedAnswer",
+    "ExpectedMessage",
+    "ExpectedResponse",
     "FaultSpec",
     "SimulatedUpstream",
     "SimulatorSettings",
@@ -30,6 +35,8 @@ __all__ = [
     "Variant",
     "expected_answer",
     "expected_for_request",
+    "expected_message",
+    "expected_response",
     "parse_fault_spec",
     "serve_forever",
 ]

@@ -20,6 +20,7 @@ TRUNCATE = "truncate"
 HTTP_429 = "http_429"
 HTTP_500 = "http_500"
 HTTP_503 = "http_503"
+HTTP_529 = "http_529"
 CONNECT_DROP = "connect_drop"
 HTTP_400 = "http_400"
 CONTEXT_LENGTH = "context_length"
@@ -33,6 +34,11 @@ BEFORE_RESPONSE_KINDS: tuple[str, ...] = (HTTP_429, HTTP_500, HTTP_503, CONNECT_
 
 ALL_FAULT_KINDS: tuple[str, ...] = MID_STREAM_KINDS + BEFORE_RESPONSE_KINDS
 """The transient failures random injection draws from."""
+
+OPT_IN_KINDS: tuple[str, ...] = (HTTP_529,)
+"""Transient failures random injection draws only when named in the simulator's `kinds`:
+http_529 is Anthropic's "overloaded" status (every endpoint answers it with a 529; on
+/v1/messages http_503 becomes a 529 too, as Anthropic never sends 503)."""
 
 SCRIPTED_ONLY_KINDS: tuple[str, ...] = (HTTP_400, CONTEXT_LENGTH)
 """Final (non-retryable) refusals, e.g. a provider that rejects assistant prefill with 400,
@@ -51,7 +57,9 @@ class FaultSpec:
 
     `position` counts the chunks (role and content/tool chunks, not the finish or usage
     chunk) sent before the fault; "last" means every content chunk but not the finish chunk,
-    "mid" half of them; None means drawn at random when the request arrives.
+    "mid" half of them; None means drawn at random when the request arrives. On
+    /v1/messages and /v1/responses the chunks are the SSE events before the closing ones
+    (see `simulator.anthropic_api` and `simulator.responses_api`).
     """
 
     kind: str
@@ -79,8 +87,9 @@ def parse_fault_spec(spec: str) -> FaultSpec:
     Raises ValueError naming the bad spec and what is allowed.
     """
     kind, _, where = spec.strip().partition("@")
-    allowed = ", ".join((*ALL_FAULT_KINDS, *SCRIPTED_ONLY_KINDS, NO_FAULT))
-    if kind not in ALL_FAULT_KINDS and kind not in SCRIPTED_ONLY_KINDS and kind != NO_FAULT:
+    known = (*ALL_FAULT_KINDS, *OPT_IN_KINDS, *SCRIPTED_ONLY_KINDS, NO_FAULT)
+    allowed = ", ".join(known)
+    if kind not in known:
         raise ValueError(f"unknown fault kind {kind!r} in fault spec {spec!r}; allowed: {allowed}")
     if not where:
         if "@" in spec:

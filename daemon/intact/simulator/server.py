@@ -24,6 +24,14 @@ Besides chat it answers `POST /v1/embeddings`, `POST /v1/completions` (stream an
 `simulator.other_endpoints`), with the same API key check, modes and faults: a scripted or
 random fault applies to whichever request comes next. Every /v1/ request's method, path,
 query and headers are kept in `SimulatorStats.http_requests`.
+
+It also speaks Anthropic's `POST /v1/messages` (`simulator.anthropic_api`) and OpenAI's
+`POST /v1/responses` with background mode (`simulator.responses_api`): the same text (a
+conversation gets the same answer over every API), continuations, pacing and named faults,
+each in that API's wire format and error shapes (`Dialect`). `messages_api.expected(body)`
+and `responses_api.expected(body)` (or `POST /admin/expected?api=messages|responses`) are
+their uninterrupted answers; `RequestRecord.api` and `SimulatorStats.requests_by_api` tell
+the APIs apart.
 """
 
 from __future__ import annotations
@@ -57,6 +65,8 @@ from intact.simulator.faults import (
     HTTP_429,
     HTTP_500,
     HTTP_503,
+    HTTP_529,
+    OPT_IN_KINDS,
     RESET,
     STALL,
     TRUNCATE,
@@ -186,11 +196,11 @@ class SimulatorSettings:
                 raise ValueError(f"simulator {name} must be >= 0, got {getattr(self, name)!r}")
         if self.slow_factor <= 0:
             raise ValueError(f"simulator slow_factor must be > 0, got {self.slow_factor!r}")
-        unknown = [kind for kind in self.kinds if kind not in ALL_FAULT_KINDS]
+        allowed = (*ALL_FAULT_KINDS, *OPT_IN_KINDS)
+        unknown = [kind for kind in self.kinds if kind not in allowed]
         if unknown:
             raise ValueError(
-                f"simulator kinds has unknown fault kinds {unknown}; "
-                f"allowed: {', '.join(ALL_FAULT_KINDS)}"
+                f"simulator kinds has unknown fault kinds {unknown}; allowed: {', '.join(allowed)}"
             )
 
 
@@ -207,7 +217,11 @@ DEFAULT_SETTINGS = SimulatorSettings()
 
 @dataclass(frozen=True)
 class RequestRecord:
-    """One chat request as the simulator saw it (the body is kept for assertions)."""
+    """One generation request as the simulator saw it (the body is kept for assertions).
+
+    `api` tells the endpoints apart: "chat" (/v1/chat/completions), "messages"
+    (/v1/messages) or "responses" (/v1/responses, and its GET reattach streams, whose `kind`
+    is "reattach")."""
 
     request_id: str
     at: float
@@ -216,9 +230,11 @@ class RequestRecord:
     stream: bool
     fault: str | None
     body: Mapping[str, Any] = field(repr=False)
+    api: str = "chat"
 
     def as_json(self) -> dict[str, Any]:
         return {
+            "api": self.api,
             "request_id": self.request_id,
             "at": self.at,
             "kind": self.kind,
@@ -252,6 +268,8 @@ class SimulatorStats:
     """What happened since start (or the last reset); `active_streams` is always live."""
 
     chat_requests: int = 0
+    requests_by_api: Counter[str] = field(default_factory=Counter)
+    """Generation requests by API: "chat", "messages", "responses" (reattaches included)."""
     requests_by_kind: Counter[str] = field(default_factory=Counter)
     requests_by_mode: Counter[str] = field(default_factory=Counter)
     requests_by_style: Counter[str] = field(default_factory=Counter)
@@ -279,6 +297,7 @@ class SimulatorStats:
     def as_json(self) -> dict[str, Any]:
         return {
             "chat_requests": self.chat_requests,
+            "requests_by_api": dict(self.requests_by_api),
             "requests_by_kind": {k: self.requests_by_kind[k] for k in REQUEST_KINDS},
             "requests_by_mode": {m: self.requests_by_mode[m] for m in MODES},
             "requests_by_style": dict(self.requests_by_style),
@@ -314,7 +333,7 @@ class ApiError(Exception):
     ) -> None:
         super().__init__(message)
         self.status = status
-        self.body = {
+        self.body: dict[str, Any] = {
             "error": {"message": message, "type": error_type, "param": param, "code": code}
         }
         self.headers = dict(headers or {})
@@ -359,6 +378,22 @@ def _rate_limited(retry_after: float) -> ApiError:
     )
 
 
+def _overloaded_529() -> ApiError:
+    """A scripted http_529 on an OpenAI-shaped endpoint: Anthropic's overloaded status."""
+    return ApiError(
+        529, "The server is overloaded, please try again later.", error_type="server_error"
+    )
+
+
+def _prefill_rejected() -> ApiError:
+    return ApiError(
+        400,
+        "This model does not support assistant message prefill.",
+        param="messages",
+        code="invalid_request",
+    )
+
+
 def _context_length_exceeded() -> ApiError:
     """OpenAI's answer to a prompt longer than the model's context window."""
     return ApiError(
@@ -376,6 +411,37 @@ def _json_response(
     return web.Response(
         body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dialect:
+    """How one API family answers the faults that replace a response (its statuses and
+    error bodies), and which header carries the request id."""
+
+    api: str
+    rate_limited: Callable[[float], ApiError]
+    server_error: Callable[[], ApiError]
+    overloaded: Callable[[], ApiError]
+    """http_503, and every request in "down" mode."""
+    overloaded_529: Callable[[], ApiError]
+    prefill_rejected: Callable[[], ApiError]
+    """http_400."""
+    context_length: Callable[[], ApiError]
+    in_band_failure: Callable[[], ApiError]
+    """What error_event becomes for a client of a non-streaming request."""
+    request_id_header: str = "x-request-id"
+
+
+OPENAI_DIALECT = Dialect(
+    api="chat",
+    rate_limited=_rate_limited,
+    server_error=_server_error,
+    overloaded=_overloaded,
+    overloaded_529=_overloaded_529,
+    prefill_rejected=_prefill_rejected,
+    context_length=_context_length_exceeded,
+    in_band_failure=_server_error,
+)
 
 
 # --- requests ---------------------------------------------------------------------------------
@@ -599,6 +665,14 @@ def _sse(payload: Any) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+def named_sse(payload: Mapping[str, Any]) -> bytes:
+    """An event named by its payload's "type", as Anthropic and the Responses API send
+    them: `event: <type>` then `data: <json>`."""
+    return (
+        b"event: " + str(payload["type"]).encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+    )
+
+
 DONE_EVENT = b"data: [DONE]\n\n"
 ERROR_EVENT_BYTES = _sse(
     {
@@ -612,7 +686,7 @@ ERROR_EVENT_BYTES = _sse(
 )
 
 
-def _completion_tokens(completion: Completion) -> int:
+def completion_token_count(completion: Completion) -> int:
     reasoning = len(completion.reasoning)
     if completion.tool_calls:
         return reasoning + sum(len(call.arguments) // 4 + 3 for call in completion.tool_calls)
@@ -631,7 +705,7 @@ class WireFormat:
     """The token before the first one emitted (the partial's last), for logprobs."""
 
 
-def _chunked(tokens: Sequence[str], most: int, seed: str) -> list[list[str]]:
+def chunked(tokens: Sequence[str], most: int, seed: str) -> list[list[str]]:
     """Tokens grouped into chunks of 1..`most` (sizes fixed by `seed`, so reproducible)."""
     if most <= 1:
         return [[token] for token in tokens]
@@ -661,7 +735,7 @@ def _choice_deltas(
         channels.append(("refusal" if completion.refusal else "content", completion.tokens))
     for key, tokens in channels:
         seed = key + "\x00" + "".join(tokens)
-        for group in _chunked(tokens, wire.max_tokens_per_chunk, seed):
+        for group in chunked(tokens, wire.max_tokens_per_chunk, seed):
             logprobs = None
             if wire.logprobs:
                 entries = logprobs_for(group, previous, wire.top_logprobs)
@@ -775,7 +849,7 @@ def plan_stream(
 def _usage(request: ChatRequest, completions: Sequence[Completion]) -> dict[str, Any]:
     continues_final = request.kind in ("prefill", "prefix")
     prompt = prompt_tokens(request.messages, continues_final=continues_final)
-    completion_tokens = sum(_completion_tokens(c) for c in completions)
+    completion_tokens = sum(completion_token_count(c) for c in completions)
     usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion_tokens,
@@ -886,6 +960,14 @@ class SimulatedUpstream:
         self._host = "127.0.0.1"
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        # Imported here: both modules build on this one's wire machinery.
+        from intact.simulator.anthropic_api import MessagesEndpoint
+        from intact.simulator.responses_api import ResponsesEndpoint
+
+        self.messages_api = MessagesEndpoint(self)
+        """`POST /v1/messages` (Anthropic); `messages_api.expected(body)` is its answer."""
+        self.responses_api = ResponsesEndpoint(self)
+        """`/v1/responses` (OpenAI), with its store of background responses."""
 
     # lifecycle
 
@@ -900,6 +982,8 @@ class SimulatedUpstream:
         app.router.add_post("/v1/completions", self._completions_route)
         app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
         app.router.add_get("/v1/models/{model}", self._model)
+        self.messages_api.add_routes(app.router)
+        self.responses_api.add_routes(app.router)
         app.router.add_route("*", "/v1/{route:.*}", self._unknown_route)
         app.router.add_post("/admin/mode", self._admin_mode)
         app.router.add_post("/admin/faults", self._admin_schedule)
@@ -930,11 +1014,12 @@ class SimulatedUpstream:
         if runner is None:
             return
         self._stopping = True
-        tasks = list(self._in_flight)
+        tasks = [*self._in_flight, *self.responses_api.tasks]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=1.0)
+        self.responses_api.clear()
         await runner.cleanup()
 
     async def __aenter__(self) -> SimulatedUpstream:
@@ -1069,6 +1154,7 @@ class SimulatedUpstream:
         arrived = asyncio.get_running_loop().time()
         # Every POST counts as a request the upstream saw, refused ones included.
         self.stats.chat_requests += 1
+        self.stats.requests_by_api["chat"] += 1
         self._check_api_key(request)
         chat = parse_chat_request(await request.read(), default_style=self.settings.style)
         # Everything from here to the first await is synchronous, so the seeded draws happen
@@ -1078,7 +1164,7 @@ class SimulatedUpstream:
         stats = self.stats
         stats.requests_by_kind[chat.kind] += 1
         stats.requests_by_mode[mode] += 1
-        stats.requests_by_style[_style_label(chat)] += 1
+        stats.requests_by_style[style_label(chat)] += 1
         if mode == "down":
             self._record(request_id, chat, mode, None)
             raise _overloaded()
@@ -1104,34 +1190,40 @@ class SimulatedUpstream:
         return await self._respond_whole(request, request_id, body, plan, fault, pacing, arrived)
 
     def _before_response(
-        self, request: web.Request, fault: InjectedFault | None
+        self,
+        request: web.Request,
+        fault: InjectedFault | None,
+        dialect: Dialect = OPENAI_DIALECT,
     ) -> web.StreamResponse | None:
-        """Count ``fault``; one that replaces the whole response raises its HTTP error or
-        drops the connection (returned); a mid-stream one is left to the caller."""
+        """Count ``fault``; one that replaces the whole response raises its HTTP error (in
+        ``dialect``'s shape) or drops the connection (returned); a mid-stream one is left to
+        the caller."""
         if fault is None:
             return None
         self.stats.faults_injected[fault.kind] += 1
         if fault.kind == HTTP_429:
-            raise _rate_limited(self.settings.retry_after)
+            raise dialect.rate_limited(self.settings.retry_after)
         if fault.kind == HTTP_400:
-            raise ApiError(
-                400,
-                "This model does not support assistant message prefill.",
-                param="messages",
-                code="invalid_request",
-            )
+            raise dialect.prefill_rejected()
         if fault.kind == CONTEXT_LENGTH:
-            raise _context_length_exceeded()
+            raise dialect.context_length()
         if fault.kind == HTTP_500:
-            raise _server_error()
+            raise dialect.server_error()
         if fault.kind == HTTP_503:
-            raise _overloaded()
+            raise dialect.overloaded()
+        if fault.kind == HTTP_529:
+            raise dialect.overloaded_529()
         if fault.kind == CONNECT_DROP:
             return self._drop_connection(request, reset=False)
         return None
 
     def _record(
-        self, request_id: str, chat: ChatRequest, mode: str, fault: InjectedFault | None
+        self,
+        request_id: str,
+        chat: ChatRequest,
+        mode: str,
+        fault: InjectedFault | None,
+        api: str = "chat",
     ) -> None:
         self.stats.recent_requests.append(
             RequestRecord(
@@ -1142,6 +1234,7 @@ class SimulatedUpstream:
                 stream=chat.stream,
                 fault=None if fault is None else str(fault),
                 body=chat.body,
+                api=api,
             )
         )
 
@@ -1179,10 +1272,18 @@ class SimulatedUpstream:
         fault: InjectedFault | None,
         pacing: Pacing,
         arrived: float,
+        *,
+        error_event: Callable[[int], bytes] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> web.StreamResponse:
+        """Send ``plan`` paced, cut by ``fault``. ``error_event(sent)`` is what error_event
+        writes after ``sent`` events (chat's error chunk by default); ``headers`` replace
+        chat's response headers."""
         loop = asyncio.get_running_loop()
         response = web.StreamResponse(
-            headers={
+            headers=dict(headers)
+            if headers is not None
+            else {
                 "Content-Type": "text/event-stream",
                 "Cache-Control": "no-cache",
                 "x-request-id": request_id,
@@ -1217,7 +1318,8 @@ class SimulatedUpstream:
                 wait = arrived + pacing.due(events[end].step) - loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
-            return await self._strike(request, response, fault)
+            error = ERROR_EVENT_BYTES if error_event is None else error_event(sent)
+            return await self._strike(request, response, fault, error)
         except _ClientGone:
             self._client_gone(request_id, sent)
             return response
@@ -1235,15 +1337,20 @@ class SimulatedUpstream:
             raise _ClientGone from error
 
     async def _strike(
-        self, request: web.Request, response: web.StreamResponse, fault: InjectedFault
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        fault: InjectedFault,
+        error_event: bytes = ERROR_EVENT_BYTES,
     ) -> web.StreamResponse:
-        """Inflict a mid-stream fault on a stream whose headers are out."""
+        """Inflict a mid-stream fault on a stream whose headers are out (error_event writes
+        ``error_event``)."""
         if fault.kind == RESET:
             return self._drop_connection(request, reset=True)
         if fault.kind == STALL:
             return await self._stall(request)
         if fault.kind == ERROR_EVENT:
-            await self._write(response, ERROR_EVENT_BYTES)
+            await self._write(response, error_event)
         elif fault.kind != TRUNCATE:
             raise AssertionError(f"not a mid-stream fault: {fault.kind}")
         await response.write_eof()
@@ -1258,6 +1365,7 @@ class SimulatedUpstream:
         fault: InjectedFault | None,
         pacing: Pacing,
         arrived: float,
+        dialect: Dialect = OPENAI_DIALECT,
     ) -> web.StreamResponse:
         """A non-streaming response, after the time generating it would take.
 
@@ -1268,7 +1376,7 @@ class SimulatedUpstream:
         try:
             loop = asyncio.get_running_loop()
             await asyncio.sleep(max(0.0, arrived + pacing.due(last_step) - loop.time()))
-            return await self._whole(request, request_id, orjson.dumps(body), fault)
+            return await self._whole(request, request_id, orjson.dumps(body), fault, dialect)
         except _ClientGone:
             self._client_gone(request_id, 0)
             return web.Response(status=499)
@@ -1283,28 +1391,26 @@ class SimulatedUpstream:
         request_id: str,
         payload: bytes,
         fault: InjectedFault | None,
+        dialect: Dialect = OPENAI_DIALECT,
     ) -> web.StreamResponse:
         """A whole JSON body, or what a mid-stream fault makes of it for a client that
-        waits for the whole body: reset and stall before any byte, error_event as HTTP 500,
-        truncate as a short body."""
+        waits for the whole body: reset and stall before any byte, error_event as HTTP 500
+        (`dialect.in_band_failure`), truncate as a short body."""
+        id_header = {dialect.request_id_header: request_id}
         if fault is not None and fault.kind == RESET:
             return self._drop_connection(request, reset=True)
         if fault is not None and fault.kind == STALL:
             return await self._stall(request)
         if fault is not None and fault.kind == ERROR_EVENT:
-            return _server_error().response()
+            return dialect.in_band_failure().response()
         if fault is not None and fault.kind == TRUNCATE:
-            response = web.StreamResponse(
-                headers={"Content-Type": "application/json", "x-request-id": request_id}
-            )
+            response = web.StreamResponse(headers={"Content-Type": "application/json", **id_header})
             response.content_length = len(payload)
             await response.prepare(request)
             await self._write(response, payload[: len(payload) // 2])
             return self._drop_connection(request, reset=False)
         self.stats.completed_responses += 1
-        return web.Response(
-            body=payload, content_type="application/json", headers={"x-request-id": request_id}
-        )
+        return web.Response(body=payload, content_type="application/json", headers=id_header)
 
     # the routes besides chat
 
@@ -1329,18 +1435,22 @@ class SimulatedUpstream:
         self,
         request: web.Request,
         answer: Callable[[web.Request, str], Awaitable[web.StreamResponse]],
+        *,
+        dialect: Dialect = OPENAI_DIALECT,
+        authenticate: Callable[[web.Request], None] | None = None,
+        request_id: str | None = None,
     ) -> web.StreamResponse:
-        """A route besides chat: the API key check, the modes, then ``answer`` (which draws
-        the request's fault)."""
+        """A route besides chat: the API key check (``authenticate``, by default chat's
+        Bearer check), the modes, then ``answer`` (which draws the request's fault)."""
         task = asyncio.current_task()
         assert task is not None
         self._in_flight.add(task)
         try:
             self.stats.requests_by_route[f"{request.method} {request.path}"] += 1
-            self._check_api_key(request)
+            (authenticate or self._check_api_key)(request)
             if self._mode == "down":
-                raise _overloaded()
-            return await answer(request, "req_" + secrets.token_hex(16))
+                raise dialect.overloaded()
+            return await answer(request, request_id or "req_" + secrets.token_hex(16))
         except ApiError as error:
             return error.response()
         except _ClientGone:
@@ -1518,9 +1628,18 @@ class SimulatedUpstream:
         )
 
     async def _admin_expected(self, request: web.Request) -> web.Response:
-        """The uninterrupted answer to a chat request body (`expected_answer`), as JSON."""
+        """The uninterrupted answer to a request body, as JSON: chat's (`expected_answer`),
+        or with ``?api=messages`` / ``?api=responses`` that of those endpoints."""
+        api = request.query.get("api", "chat")
         try:
-            expected = self.expected_answer(await self._admin_json(request))
+            body = await self._admin_json(request)
+            if api == "messages":
+                return _json_response(dataclasses.asdict(self.messages_api.expected(body)))
+            if api == "responses":
+                return _json_response(dataclasses.asdict(self.responses_api.expected(body)))
+            if api != "chat":
+                raise ApiError(400, "'api' must be chat, messages or responses", param="api")
+            expected = self.expected_answer(body)
         except ApiError as error:
             return error.response()
         return _json_response(dataclasses.asdict(expected))
@@ -1545,7 +1664,7 @@ def expected_for_request(
     )
 
 
-def _style_label(chat: ChatRequest) -> str:
+def style_label(chat: ChatRequest) -> str:
     """The style a request's answer is written in, for stats."""
     if chat.variant.refusal:
         return "refusal"

@@ -28,6 +28,18 @@ class Outcome(enum.StrEnum):
     CANCELLED = "cancelled"  # the app went away
 
 
+class Api(enum.StrEnum):
+    """The app-facing API a request came in on (the bounded ``api`` label and ``intact.api``).
+
+    The relay passes the string values; telemetry records anything else as ``"other"``.
+    """
+
+    CHAT = "chat"  # OpenAI Chat Completions, POST /v1/chat/completions
+    RESPONSES = "responses"  # OpenAI Responses, POST /v1/responses
+    MESSAGES = "messages"  # Anthropic Messages, POST /v1/messages
+    PASSTHROUGH = "passthrough"  # any other /v1/ route, relayed without being read
+
+
 class RefusalReason(enum.StrEnum):
     """Why intact turned an app away before relaying (label values of
     ``intact_app_refused_total``)."""
@@ -78,6 +90,7 @@ class RequestSummary:
     status: int = 200
     error_code: str | None = None
     served_model: str | None = None  # the model that answered (a route may rewrite it)
+    api: str = "chat"  # the app-facing API (an ``Api`` value)
 
 
 @dataclass(slots=True)
@@ -169,7 +182,11 @@ class RequestTrace(Protocol):
 
 
 class Telemetry(Protocol):
-    def request(self, *, headers: Mapping[str, str], model: str, stream: bool) -> RequestTrace: ...
+    def request(
+        self, *, headers: Mapping[str, str], model: str, stream: bool, api: str = "chat"
+    ) -> RequestTrace:
+        """One app request on ``api`` (an ``Api`` value); labels are fixed here, once."""
+        ...
 
     def breaker_transition(self, upstream: str, old: BreakerState, new: BreakerState) -> None: ...
 
@@ -240,7 +257,9 @@ class _NoRequest:
 class NoTelemetry:
     """Records nothing; for unit tests of the relay and for embedding."""
 
-    def request(self, *, headers: Mapping[str, str], model: str, stream: bool) -> RequestTrace:
+    def request(
+        self, *, headers: Mapping[str, str], model: str, stream: bool, api: str = "chat"
+    ) -> RequestTrace:
         return _NoRequest()
 
     def breaker_transition(self, upstream: str, old: BreakerState, new: BreakerState) -> None:

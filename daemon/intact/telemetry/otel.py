@@ -42,12 +42,16 @@ from intact.telemetry.metrics import (
     RESULT_CANCELLED,
     RESULT_INTERNAL_ERROR,
     RESULT_SUCCESS,
+    STREAM_APIS,
     UPSTREAM,
     AppLabels,
+    GenAiLabels,
     Instruments,
     ModelLabels,
+    api_label,
 )
-from intact.telemetry.tracing import SERVER_SPAN_NAME
+from intact.telemetry.semconv import GenAiConventions
+from intact.telemetry.tracing import SERVER_METHOD, server_span_name
 
 log = structlog.get_logger("intact.telemetry")
 
@@ -145,10 +149,11 @@ class OtelTelemetry:
         meter: Meter,
         max_model_labels: int,
         apps: Iterable[str] = (),
+        genai_conventions: GenAiConventions = GenAiConventions.OLD,
     ) -> None:
         self.tracer = tracer
         self.breakers = BreakerStates()
-        self.instruments = Instruments(meter, self.breakers.read)
+        self.instruments = Instruments(meter, self.breakers.read, genai_conventions)
         self.models = ModelLabels(max_model_labels)
         self.apps = AppLabels(apps)
         for app in self.apps.names:
@@ -156,17 +161,24 @@ class OtelTelemetry:
 
     def preset_upstreams(self, upstreams: Iterable[tuple[str, Iterable[str]]]) -> None:
         """Start counters at 0 for each configured upstream (and each model it is
-        configured for), so the first event of a series is not lost to ``rate()``."""
+        configured for, in each streamed API and app), so the first event of a series is not
+        lost to ``rate()``."""
         ins = self.instruments
         for name, models in upstreams:
             ins.preset_upstream(name)
             for model in models:
                 label = self.models.label(name, model)
                 for outcome in Outcome:
-                    ins.streams.add(0, ins.stream_labels(outcome.value, name, label))
+                    for api in STREAM_APIS:
+                        for app in self.apps.names:
+                            attrs = ins.stream_labels(outcome.value, name, label, api=api, app=app)
+                            ins.streams.add(0, attrs)
 
-    def request(self, *, headers: Mapping[str, str], model: str, stream: bool) -> _RequestTrace:
-        return _RequestTrace(self, headers, model, stream, self.apps.label(REQUEST_APP.get()))
+    def request(
+        self, *, headers: Mapping[str, str], model: str, stream: bool, api: str = "chat"
+    ) -> _RequestTrace:
+        app = self.apps.label(REQUEST_APP.get())
+        return _RequestTrace(self, headers, model, stream, api_label(api), app)
 
     def app_refused(self, app: str, reason: RefusalReason) -> None:
         ins = self.instruments
@@ -216,31 +228,44 @@ class OtelTelemetry:
 class _RequestTrace:
     """One app request: the SERVER span, current inside ``with``."""
 
-    __slots__ = ("_active", "_app", "_app_labels", "_context", "_span", "_tel", "_token")
+    __slots__ = (
+        "_active", "_api", "_app", "_app_labels", "_context", "_request_labels", "_span", "_tel",
+        "_token",
+    )  # fmt: skip
 
     def __init__(
-        self, tel: OtelTelemetry, headers: Mapping[str, str], model: str, stream: bool, app: str
+        self,
+        tel: OtelTelemetry,
+        headers: Mapping[str, str],
+        model: str,
+        stream: bool,
+        api: str,
+        app: str,
     ) -> None:
+        """``api`` and ``app`` are already bounded label values."""
         self._tel = tel
         parent = propagate.extract(headers)
+        attributes: dict[str, AttributeValue] = {
+            sc.HTTP_REQUEST_METHOD: SERVER_METHOD,
+            sc.GENAI_REQUEST_MODEL: model,
+            sc.GENAI_REQUEST_STREAM: stream,
+            sc.INTACT_API: api,
+            sc.INTACT_APP: app,
+        }
+        route = sc.ROUTE_BY_API.get(api)
+        if route is not None:
+            attributes[sc.HTTP_ROUTE] = route
         self._span = tel.tracer.start_span(
-            SERVER_SPAN_NAME,
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={
-                sc.HTTP_REQUEST_METHOD: "POST",
-                sc.HTTP_ROUTE: sc.CHAT_COMPLETIONS_ROUTE,
-                sc.GENAI_REQUEST_MODEL: model,
-                sc.GENAI_REQUEST_STREAM: stream,
-                sc.INTACT_APP: app,
-            },
+            server_span_name(api), context=parent, kind=SpanKind.SERVER, attributes=attributes
         )
         self._context = trace.set_span_in_context(self._span, parent)
         self._token: Token[otel_context.Context] | None = None
         self._active = True
+        self._api = api
         self._app = app
         self._app_labels = tel.instruments.app_labels(app)
-        tel.instruments.active_streams.add(1)
+        self._request_labels = tel.instruments.request_labels(api, app)
+        tel.instruments.active_streams.add(1, self._request_labels)
         tel.instruments.app_active_streams.add(1, self._app_labels)
 
     def __enter__(self) -> _RequestTrace:
@@ -266,7 +291,7 @@ class _RequestTrace:
     def _deactivate(self) -> None:
         if self._active:
             self._active = False
-            self._tel.instruments.active_streams.add(-1)
+            self._tel.instruments.active_streams.add(-1, self._request_labels)
             self._tel.instruments.app_active_streams.add(-1, self._app_labels)
 
     def attempt(
@@ -282,6 +307,8 @@ class _RequestTrace:
         return _AttemptTrace(
             self._tel,
             self._context,
+            api=self._api,
+            app=self._app,
             number=number,
             reason=reason,
             upstream=upstream,
@@ -305,7 +332,7 @@ class _RequestTrace:
 
     def recovered(self, *, upstream: str, seconds: float) -> None:
         ins = self._tel.instruments
-        ins.recovery_duration.record(seconds, ins.labels(UPSTREAM, upstream))
+        ins.recovery_duration.record(seconds, ins.upstream_labels(upstream, self._api, self._app))
         self._span.add_event(sc.EVENT_RECOVERED, {sc.INTACT_UPSTREAM: upstream, "seconds": seconds})
 
     def finish(self, summary: RequestSummary) -> None:
@@ -315,10 +342,13 @@ class _RequestTrace:
         outcome = summary.outcome.value
         model = tel.models.label(summary.upstream, summary.model)
         served = tel.models.label(summary.upstream, summary.served_model or summary.model)
-        ins.streams.add(1, ins.stream_labels(outcome, summary.upstream, model, served))
-        ins.app_streams.add(1, ins.app_labels(self._app, (OUTCOME, outcome)))
+        api, app = self._api, self._app
+        ins.streams.add(
+            1, ins.stream_labels(outcome, summary.upstream, model, served, api=api, app=app)
+        )
+        ins.app_streams.add(1, ins.app_labels(app, (OUTCOME, outcome)))
         ins.stream_duration.record(
-            summary.duration, ins.stream_duration_labels(outcome, summary.upstream)
+            summary.duration, ins.stream_duration_labels(outcome, summary.upstream, api, app)
         )
         kinds = [kind.value for kind in summary.interruptions]
         span = self._span
@@ -351,6 +381,8 @@ class _RequestTrace:
         log.log(
             logging.WARNING if summary.outcome is Outcome.FAILED else logging.INFO,
             "request_done",
+            api=self._api,
+            app=self._app,
             outcome=outcome,
             model=summary.model,
             served_model=summary.served_model or summary.model,
@@ -381,8 +413,8 @@ class _AttemptTrace:
     """One upstream attempt: a CLIENT span under the request's span, current inside ``with``."""
 
     __slots__ = (
-        "_context", "_done", "_first_chunk", "_ins", "_labels", "_model", "_reason", "_resume",
-        "_span", "_started", "_token", "_upstream",
+        "_api", "_app", "_context", "_done", "_first_chunk", "_genai", "_ins", "_labels",
+        "_reason", "_resume", "_span", "_started", "_token", "_upstream",
     )  # fmt: skip
 
     def __init__(
@@ -390,6 +422,8 @@ class _AttemptTrace:
         tel: OtelTelemetry,
         parent: otel_context.Context,
         *,
+        api: str,
+        app: str,
         number: int,
         reason: AttemptReason,
         upstream: UpstreamInfo,
@@ -398,16 +432,24 @@ class _AttemptTrace:
         prefix_chars: int,
     ) -> None:
         ins = self._ins = tel.instruments
+        self._api = api
+        self._app = app
         self._upstream = upstream
         self._reason = reason.value
         self._resume = reason is AttemptReason.RESUME
-        self._model = tel.models.label(upstream.name, request_model)
-        self._labels = ins.genai_labels(upstream, self._model)
+        self._genai: GenAiLabels = (
+            upstream,
+            tel.models.label(upstream.name, request_model),
+            api,
+            app,
+        )
+        self._labels = ins.genai_labels(*self._genai)
         self._done = False
         self._first_chunk = False
+        operation = sc.operation_name(api)
         # Set at creation: samplers may use them (GenAI semantic conventions).
         attrs: dict[str, AttributeValue] = {
-            sc.GENAI_OPERATION_NAME: sc.OPERATION_CHAT,
+            sc.GENAI_OPERATION_NAME: operation,
             sc.GENAI_PROVIDER_NAME: upstream.provider,
             sc.GENAI_REQUEST_MODEL: request_model,
             sc.GENAI_REQUEST_STREAM: True,  # intact always streams upstream
@@ -416,12 +458,14 @@ class _AttemptTrace:
             sc.INTACT_ATTEMPT: number,
             sc.INTACT_ATTEMPT_REASON: reason.value,
             sc.INTACT_UPSTREAM: upstream.name,
+            sc.INTACT_API: api,
+            sc.INTACT_APP: app,
         }
         if resume_mode is not None:
             attrs[sc.INTACT_RESUME_MODE] = resume_mode
             attrs[sc.INTACT_RESUME_PREFIX_CHARS] = prefix_chars
         self._span = tel.tracer.start_span(
-            f"{sc.OPERATION_CHAT} {request_model}",
+            f"{operation} {request_model}",
             context=parent,
             kind=SpanKind.CLIENT,
             attributes=attrs,
@@ -459,7 +503,7 @@ class _AttemptTrace:
             return
         self._first_chunk = True
         elapsed = time.monotonic() - self._started
-        self._ins.time_to_first_chunk.record(elapsed, self._labels)
+        self._ins.record_time_to_first_chunk(elapsed, self._labels)
         span = self._span
         if span.is_recording():
             span.set_attribute(sc.GENAI_RESPONSE_TIME_TO_FIRST_CHUNK, elapsed)
@@ -468,14 +512,18 @@ class _AttemptTrace:
     def _count(self, result: str) -> None:
         self._done = True
         ins = self._ins
-        ins.attempts.add(1, ins.attempt_labels(self._upstream.name, self._reason, result))
+        ins.attempts.add(
+            1, ins.attempt_labels(self._upstream.name, self._reason, result, self._api, self._app)
+        )
         self._span.set_attribute(sc.INTACT_ATTEMPT_RESULT, result)
 
     def _delivered(self, tokens: int) -> None:
         self._span.set_attribute(sc.INTACT_DELIVERED_TOKENS, tokens)
         if self._resume and tokens:
             ins = self._ins
-            ins.recovered_tokens.add(tokens, ins.labels(UPSTREAM, self._upstream.name))
+            ins.recovered_tokens.add(
+                tokens, ins.upstream_labels(self._upstream.name, self._api, self._app)
+            )
 
     def succeeded(
         self,
@@ -490,11 +538,11 @@ class _AttemptTrace:
         ins = self._ins
         self._count(RESULT_SUCCESS)
         self._delivered(delivered_tokens)
-        ins.operation_duration.record(time.monotonic() - self._started, self._labels)
+        ins.record_operation_duration(time.monotonic() - self._started, self._labels)
         if input_tokens is not None:
-            ins.token_usage.record(input_tokens, self._token_labels("input"))
+            ins.record_token_usage("input", input_tokens, self._genai)
         if output_tokens is not None:
-            ins.token_usage.record(output_tokens, self._token_labels("output"))
+            ins.record_token_usage("output", output_tokens, self._genai)
         span = self._span
         if span.is_recording():
             attrs: dict[str, AttributeValue] = {
@@ -510,11 +558,6 @@ class _AttemptTrace:
                 attrs[sc.GENAI_USAGE_OUTPUT_TOKENS] = output_tokens
             span.set_attributes(attrs)
 
-    def _token_labels(self, token_type: str) -> Mapping[str, AttributeValue]:
-        return self._ins.genai_labels(
-            self._upstream, self._model, (sc.GENAI_TOKEN_TYPE, token_type)
-        )
-
     def failed(
         self,
         failure: UpstreamFailure,
@@ -529,10 +572,12 @@ class _AttemptTrace:
         self._count(kind)
         self._delivered(delivered_tokens)
         if interruption:
-            ins.interruptions.add(1, ins.interruption_labels(failure.kind, self._upstream.name))
-        ins.operation_duration.record(
-            time.monotonic() - self._started,
-            ins.genai_labels(self._upstream, self._model, (sc.ERROR_TYPE, kind)),
+            ins.interruptions.add(
+                1,
+                ins.interruption_labels(failure.kind, self._upstream.name, self._api, self._app),
+            )
+        ins.record_operation_duration(
+            time.monotonic() - self._started, ins.genai_labels(*self._genai, (sc.ERROR_TYPE, kind))
         )
         span = self._span
         if span.is_recording():

@@ -39,6 +39,7 @@ from intact.telemetry.export import (
 )
 from intact.telemetry.logs import configure_logging
 from intact.telemetry.otel import OtelTelemetry
+from intact.telemetry.semconv import GenAiConventions
 from intact.telemetry.tracing import build_tracer_provider, use_w3c_propagation
 
 __all__ = ["DEFAULT_SHUTDOWN_TIMEOUT", "MetricsHandler", "TelemetryRuntime", "start_telemetry"]
@@ -113,6 +114,14 @@ def _start_thread(name: str, target: Callable[[], object]) -> threading.Thread:
     return thread
 
 
+def _conventions_name(conventions: GenAiConventions) -> str:
+    return {
+        GenAiConventions.OLD: "semconv 1.41.0",
+        GenAiConventions.LATEST: "semconv-genai 0.1.0",
+        GenAiConventions.BOTH: "semconv 1.41.0 + semconv-genai 0.1.0",
+    }[conventions]
+
+
 def build_resource() -> Resource:
     """``service.name`` intact and ``service.version`` unless ``OTEL_SERVICE_NAME`` or
     ``OTEL_RESOURCE_ATTRIBUTES`` say otherwise (plus any ``OTEL_RESOURCE_DETECTORS``)."""
@@ -134,11 +143,13 @@ def start_telemetry(
 
     ``span_exporter`` (attached with a synchronous SimpleSpanProcessor) and ``metric_readers``
     are extra sinks, e.g. the SDK's in-memory ones in tests; ``log_stream`` replaces stdout;
-    ``environ`` replaces ``os.environ`` when choosing OTLP endpoints and protocols.
+    ``environ`` replaces ``os.environ`` when choosing OTLP endpoints and protocols, and the
+    GenAI metric names (``OTEL_SEMCONV_STABILITY_OPT_IN``, read here once).
     """
     tcfg = config.telemetry
     env = os.environ if environ is None else environ
     targets = resolve_otlp(tcfg, env)  # first: a bad OTEL_* value stops start-up
+    genai_conventions = GenAiConventions.from_env(env)
     configure_logging(tcfg, log_stream)
     use_w3c_propagation()
     resource = build_resource()
@@ -174,6 +185,7 @@ def start_telemetry(
         meter=meter_provider.get_meter(SCOPE, __version__),
         max_model_labels=tcfg.max_model_labels,
         apps=[app.name for app in config.apps],
+        genai_conventions=genai_conventions,
     )
     telemetry.preset_upstreams((u.name, u.models) for u in config.upstreams)
     log.info(
@@ -181,6 +193,7 @@ def start_telemetry(
         otlp=[f"{t.signal}={t.protocol}:{t.endpoint} ({t.source})" for t in targets] or None,
         service_name=resource.attributes.get("service.name"),
         log_level=tcfg.log_level,
+        genai_metrics=_conventions_name(genai_conventions),
     )
     return TelemetryRuntime(
         telemetry=telemetry,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -19,7 +20,7 @@ import yarl
 from multidict import CIMultiDict
 
 from intact import __version__
-from intact.config import UpstreamConfig
+from intact.config import ANTHROPIC_VERSION, UpstreamConfig
 from intact.resilience import classify
 from intact.resilience.classify import UpstreamFailure
 from intact.telemetry.api import UpstreamInfo
@@ -42,6 +43,18 @@ RELAY_HEADERS = {"Accept-Encoding": "identity"}
 log = structlog.get_logger("intact.upstream")
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamCall:
+    """One attempt's HTTP request (``path`` relative to base_url, ``query`` encoded)."""
+
+    path: str
+    body: bytes | None
+    method: str = "POST"
+    query: str = ""
+    # Headers the API itself needs (Messages: anthropic-version); the app's own win.
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
 class UpstreamClient:
     """HTTP client for one OpenAI-compatible upstream."""
 
@@ -52,6 +65,10 @@ class UpstreamClient:
         self.load_api_key()
         self._session: aiohttp.ClientSession | None = None
         self._base = config.base_url.rstrip("/")
+        # Anthropic's API wants its version on every call; an app's own (forwarded) wins.
+        version = {"anthropic-version": ANTHROPIC_VERSION} if config.kind == "anthropic" else {}
+        self._stream_headers: Mapping[str, str] = {**CHAT_HEADERS, **version}
+        self._relay_headers: Mapping[str, str] = {**RELAY_HEADERS, **version}
         parts = urlsplit(self._base)
         default_port = 443 if parts.scheme == "https" else 80
         self.info = UpstreamInfo(
@@ -141,16 +158,32 @@ class UpstreamClient:
         return self._session
 
     async def open_stream(
-        self, body: bytes, *, headers: dict[str, str] | None = None
+        self,
+        body: bytes | None,
+        *,
+        path: str = "/chat/completions",
+        method: str = "POST",
+        query: str = "",
+        headers: dict[str, str] | None = None,
+        api_headers: Mapping[str, str] | None = None,
     ) -> aiohttp.ClientResponse:
-        """POST /chat/completions and return the 200 response with its body unread.
+        """Send one attempt (POST ``path`` by default) and return the 200 event stream with
+        its body unread.
 
         Raises UpstreamFailure for connection problems and non-200 statuses (after reading
         a bounded error body so it can be passed through).
         """
         try:
-            resp = await self.session.post(
-                self._url("/chat/completions"), data=body, headers=self._headers(headers)
+            resp = await self.session.request(
+                method,
+                self._url(path, query),
+                data=body,
+                headers=self._headers(
+                    headers,
+                    {**self._stream_headers, **api_headers}
+                    if api_headers
+                    else self._stream_headers,
+                ),
             )
         except aiohttp.ClientError as exc:
             raise classify.from_exception(exc, before_response=True) from None
@@ -194,7 +227,7 @@ class UpstreamClient:
                 method,
                 self._url(path, query),
                 data=body or None,
-                headers=self._headers(headers, RELAY_HEADERS),
+                headers=self._headers(headers, self._relay_headers),
             )
         except aiohttp.ClientError as exc:
             raise classify.from_exception(exc, before_response=True) from None

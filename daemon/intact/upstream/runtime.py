@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from intact.clock import SYSTEM_CLOCK, Clock
-from intact.config import UpstreamConfig
+from intact.config import DEFAULT_APIS_BY_KIND, UpstreamConfig
 from intact.resilience.backoff import BackoffPolicy
 from intact.resilience.breaker import CircuitBreaker
 from intact.resilience.budget import RetryBudget
@@ -38,6 +38,11 @@ class UpstreamRuntime:
 
     def serves(self, model: str) -> bool:
         return not self.config.models or model in self.config.models
+
+    def serves_api(self, api: str) -> bool:
+        """Whether app requests of ``api`` (chat, responses, messages) may come here."""
+        config = self.config
+        return api in (config.apis or DEFAULT_APIS_BY_KIND[config.kind])
 
     @classmethod
     def build(

@@ -18,7 +18,7 @@ import orjson
 
 from intact.resilience import classify
 from intact.sse import DONE_DATA, SSEDecoder, SSEProtocolError
-from intact.upstream.client import UpstreamClient
+from intact.upstream.client import UpstreamCall, UpstreamClient
 from intact.upstream.watchdog import Watchdog
 
 # One parsed event: the JSON object and its raw bytes (forwarded unchanged when possible).
@@ -31,7 +31,7 @@ class UpstreamStream:
     """``async with`` opens the stream; ``next_batch`` yields the events of one read."""
 
     __slots__ = (
-        "_body",
+        "_call",
         "_client",
         "_decoder",
         "_headers",
@@ -44,7 +44,7 @@ class UpstreamStream:
     def __init__(
         self,
         client: UpstreamClient,
-        body: bytes,
+        call: UpstreamCall,
         *,
         headers: dict[str, str],
         first_token_timeout: float,
@@ -53,7 +53,7 @@ class UpstreamStream:
         first_deadline: float | None = None,
     ) -> None:
         self._client = client
-        self._body = body
+        self._call = call
         self._headers = headers
         self._watchdog = Watchdog(
             first_token=first_token_timeout,
@@ -70,7 +70,15 @@ class UpstreamStream:
         wd = self._watchdog
         wd.arm()
         try:
-            self._resp = await self._client.open_stream(self._body, headers=self._headers)
+            call = self._call
+            self._resp = await self._client.open_stream(
+                call.body,
+                path=call.path,
+                method=call.method,
+                query=call.query,
+                headers=self._headers,
+                api_headers=call.headers,
+            )
         except asyncio.CancelledError:
             failure = wd.failure()
             if failure is None:

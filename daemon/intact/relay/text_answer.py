@@ -1,0 +1,152 @@
+"""The part of recovery every typed-event API shares: one text answer, continued by a
+resume and spliced so the app gets each character once.
+
+Anthropic Messages (``relay.messages``) and OpenAI Responses (``relay.responses``) wrap
+their text in different events, but the rules under the events are the same as for chat
+completions (``relay.delivery``): the partial answer is what a continuation extends, the
+splicer drops the start of the continuation that repeats it, and a chunk counts as one
+token. ``TextAnswer`` holds that state; ``SplicedText`` runs one continuation's text
+through the splicer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from intact.config import RecoveryConfig
+from intact.recovery.splice import ContinuationDiverged, ContinuationSplicer, SpliceLimits
+from intact.relay.delivery import ReceivedText
+from intact.relay.sinks import AppSink
+from intact.resilience import classify
+
+# Modes whose continuation carries the partial text; "prefix" has no meaning outside chat
+# completions and is served as "prefill" (the partial as the final assistant turn).
+SPLICE_MODES = frozenset({"prefill", "prefix", "instruct"})
+
+
+def splice_mode(mode: str) -> str:
+    return "prefill" if mode == "prefix" else mode if mode in SPLICE_MODES else "instruct"
+
+
+class TextAnswer:
+    """What the app has of one text answer: its text, the tokens it took, and the limits
+    that decide whether it can still be continued."""
+
+    def __init__(self, sink: AppSink, recovery: RecoveryConfig, token_limit: int | None) -> None:
+        self.sink = sink
+        self.recovery = recovery
+        self.token_limit = token_limit
+        self.text = ReceivedText()
+        self.tokens_delivered = 0  # events of every kind the app got that carry a token
+        self.answer_tokens = 0  # of which answer text
+        self.reasoning_sent = False  # thinking / reasoning reached the app
+        self.limits = SpliceLimits(
+            min_overlap_chars=recovery.min_overlap_chars,
+            max_overlap_chars=recovery.max_overlap_chars,
+            divergence_chars=recovery.divergence_chars,
+        )
+
+    @property
+    def answer_chars(self) -> int:
+        return self.text.chars
+
+    @property
+    def content_chars(self) -> int:
+        return self.text.chars
+
+    def content(self) -> str:
+        return self.text.value()
+
+    def record_text(self, text: str, tokens: int = 1) -> None:
+        self.text.add(text)
+        self.tokens_delivered += tokens
+        self.answer_tokens += tokens
+
+    def budget_spent(self) -> bool:
+        limit = self.token_limit
+        return limit is not None and self.tokens_delivered >= limit
+
+    def common_refusal(self, mode: str, *, answer_started: bool) -> str | None:
+        """Why no API could continue this answer in ``mode`` (None: it can be)."""
+        if mode == "off":
+            return (
+                "resuming is off for this request (intact-resume: off, or a resume mode "
+                "its upstream does not support)"
+            )
+        if self.text.chars > self.recovery.max_partial_chars:
+            return "the partial answer exceeds recovery.max_partial_chars"
+        if mode == "restart" and answer_started:
+            return "resume mode 'restart' cannot continue an answer the app already has"
+        return None
+
+    def continuation_prompt(self, mode: str) -> tuple[str, int]:
+        """(the partial text a continuation in ``mode`` carries, the tokens already
+        generated that its output budget loses)."""
+        partial = self.content()
+        sent = ContinuationSplicer(partial, self.limits, mode=splice_mode(mode)).prompt_text
+        generated = self.tokens_delivered
+        if len(sent) < len(partial):
+            generated = max(0, generated - self.text.ws_tail)  # stripped whitespace, again
+        return sent, generated
+
+
+class SplicedText:
+    """One continuation's text, spliced onto the partial answer the app has."""
+
+    __slots__ = ("_held_pieces", "dropped_pieces", "splicer")
+
+    def __init__(self, answer: TextAnswer, mode: str) -> None:
+        self.splicer = ContinuationSplicer(answer.content(), answer.limits, mode=splice_mode(mode))
+        self._held_pieces: list[int] = []  # lengths of the pieces held back
+        self.dropped_pieces = 0  # pieces wholly inside the dropped repeat
+
+    @property
+    def decided(self) -> bool:
+        return self.splicer.decided
+
+    def feed(self, text: str) -> tuple[str, int]:
+        """(text to forward now, tokens it stands for); raises UpstreamFailure on
+        divergence."""
+        splicer = self.splicer
+        if splicer.decided:
+            return text, 1
+        self._held_pieces.append(len(text))
+        try:
+            released = splicer.feed(text)
+        except ContinuationDiverged as exc:
+            raise classify.diverged(str(exc)) from None
+        if released is None:
+            return "", 0
+        return released, self._release()
+
+    def finish(self) -> tuple[str, int]:
+        """The continuation ended: what is still held, and its tokens."""
+        if self.splicer.decided:
+            return "", 0
+        try:
+            tail = self.splicer.finish()
+        except ContinuationDiverged as exc:
+            raise classify.diverged(str(exc)) from None
+        return tail, self._release()
+
+    def _release(self) -> int:
+        end = 0
+        tokens = 0
+        dropped = self.splicer.dropped_chars
+        for length in self._held_pieces:
+            end += length
+            if end > dropped:
+                tokens += 1
+            else:
+                self.dropped_pieces += 1
+        self._held_pieces = []
+        return tokens
+
+
+def max_tokens_after(body: Mapping[str, Any], key: str, generated: int) -> int | None:
+    """A continuation's output limit: the app's ``key`` less what was already generated."""
+    limit = body.get(key)
+    if isinstance(limit, int) and not isinstance(limit, bool) and generated:
+        return max(1, limit - generated)
+    return None
