@@ -13,7 +13,7 @@ import pytest
 
 from support import anthropic_sdk, daemon_for, fast_sim, raw_client
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(120)
 
 PROMPT = [{"role": "user", "content": "Explain how a lighthouse keeps ships safe at night."}]
 
@@ -188,3 +188,74 @@ async def test_an_upstream_of_kind_anthropic_gets_its_key_and_version(
     assert headers[1]["anthropic-version"] == "2023-06-01"  # intact's, for an app without
     assert chat.status_code == 404  # an anthropic upstream serves no chat completions
     assert "`chat` API" in chat.json()["error"]["message"]
+
+
+KINDS = ("reset", "truncate", "error_event")
+# Every request's first attempt breaks on purpose: a breaker would rightly open.
+NO_BREAKER = {"minimum_calls": 10_000}
+
+
+def event_count(text: str) -> int:
+    return len(text.split()) + 8  # more than the stream's events: every position is reached
+
+
+@pytest.mark.parametrize("mode", ["instruct", "prefill"])
+async def test_messages_break_at_every_position(tmp_path: Path, mode: str) -> None:
+    async with fast_sim() as sim:
+        ups = [{"name": "sim", "base_url": sim.base_url, "resume": mode, "apis": ["messages"]}]
+        body = {"model": "sim-1", "max_tokens": 60, "messages": PROMPT}
+        expected = sim.messages_api.expected(body).text
+        outcomes: dict[str, int] = {"exact": 0, "explicit": 0}
+        async with daemon_for(tmp_path, sim, upstreams=ups, breaker=NO_BREAKER) as d:
+            client = anthropic_sdk(d.socket_path)
+            for kind in KINDS:
+                for position in range(event_count(expected)):
+                    sim.schedule_faults([f"{kind}@{position}"])
+                    got = await stream_message(client, max_tokens=60)
+                    sim.clear_faults()
+                    assert got.error is None, (kind, position, got.error)
+                    assert got.text == expected, (kind, position)
+                    assert got.events.count("message_start") == 1
+                    assert got.events[-1] == "message_stop"
+                    outcomes["exact"] += 1
+    assert outcomes["exact"] == len(KINDS) * event_count(expected)
+
+
+THINKING: dict[str, Any] = {"type": "enabled", "budget_tokens": 1024}
+
+
+async def test_a_break_in_the_text_after_thinking_is_recovered_without_thinking_again(
+    tmp_path: Path,
+) -> None:
+    async with fast_sim() as sim:
+        ups = [
+            {"name": "sim", "base_url": sim.base_url, "resume": "instruct", "apis": ["messages"]}
+        ]
+        body = {"model": "sim-1", "max_tokens": 2000, "messages": PROMPT, "thinking": THINKING}
+        expected = sim.messages_api.expected(body)
+        async with daemon_for(tmp_path, sim, upstreams=ups) as d:
+            sim.schedule_faults(["reset@last"])
+            got = await stream_message(
+                anthropic_sdk(d.socket_path), max_tokens=2000, thinking=THINKING
+            )
+    assert got.error is None, got.error
+    assert got.text == expected.text
+    assert got.starts == [0, 1]  # the thinking block, then the text block, once each
+
+
+async def test_a_break_inside_thinking_ends_with_an_error_the_sdk_raises(tmp_path: Path) -> None:
+    async with fast_sim() as sim:
+        ups = [
+            {"name": "sim", "base_url": sim.base_url, "resume": "instruct", "apis": ["messages"]}
+        ]
+        async with daemon_for(tmp_path, sim, upstreams=ups) as d:
+            sim.schedule_faults(["reset@4"])  # message_start, block start, ping?, a thought
+            got = await stream_message(
+                anthropic_sdk(d.socket_path), max_tokens=2000, thinking=THINKING
+            )
+    if got.error is None:  # the break fell before anything reached the app: retried whole
+        assert got.events[-1] == "message_stop"
+    else:
+        assert isinstance(got.error, anthropic.APIError)
+        assert "thinking" in str(got.error)
+        assert "message_stop" not in got.events

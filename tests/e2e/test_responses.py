@@ -14,7 +14,7 @@ import pytest
 
 from support import daemon_for, fast_sim, raw_client, sdk
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(120)
 
 INPUT = "Explain how a lighthouse keeps ships safe at night."
 
@@ -164,3 +164,54 @@ async def test_a_background_request_without_a_stream_passes_through(tmp_path: Pa
             await asyncio.sleep(0.01)
         expected = await direct_text(sim.base_url)
     assert fetched.output_text == expected
+
+
+KINDS = ("reset", "truncate", "error_event")
+# Every request's first attempt breaks on purpose: a breaker would rightly open.
+NO_BREAKER = {"minimum_calls": 10_000}
+
+
+def event_count(text: str) -> int:
+    return len(text.split()) + 8  # more than the stream's events: every position is reached
+
+
+@pytest.mark.parametrize("mode", ["instruct", "prefill"])
+async def test_responses_break_at_every_position(tmp_path: Path, mode: str) -> None:
+    async with fast_sim() as sim:
+        ups = [{"name": "sim", "base_url": sim.base_url, "resume": mode, "apis": ["responses"]}]
+        body = {"model": "sim-1", "input": INPUT, "max_output_tokens": 60}
+        expected = sim.responses_api.expected(body).text
+        async with daemon_for(tmp_path, sim, upstreams=ups, breaker=NO_BREAKER) as d:
+            client = sdk(d.socket_path)
+            for kind in KINDS:
+                for position in range(event_count(expected)):
+                    sim.schedule_faults([f"{kind}@{position}"])
+                    got = await stream_response(client, max_output_tokens=60)
+                    sim.clear_faults()
+                    assert got.error is None, (kind, position, got.error)
+                    assert got.text == expected, (kind, position)
+                    assert got.types.count("response.created") == 1
+                    assert got.types[-1] in ("response.completed", "response.incomplete")
+                    seq = got.sequence
+                    assert seq == list(range(seq[0], seq[0] + len(seq))), (kind, position)
+
+
+async def test_responses_in_background_reattach_at_every_position(tmp_path: Path) -> None:
+    async with fast_sim() as sim, daemon_for(tmp_path, sim, breaker=NO_BREAKER) as d:
+        body = {"model": "sim-1", "input": INPUT, "max_output_tokens": 60}
+        expected = sim.responses_api.expected(body).text
+        client = sdk(d.socket_path)
+        for position in range(event_count(expected)):
+            sim.schedule_faults([f"reset@{position}"])
+            got = await stream_response(client, max_output_tokens=60, background=True)
+            sim.clear_faults()
+            assert got.error is None, (position, got.error)
+            assert got.text == expected, position
+            assert len(got.response_ids) == 1
+        posts = sum(1 for r in sim.stats.http_requests if r.method == "POST")
+        gets = sum(1 for r in sim.stats.http_requests if r.method == "GET")
+    positions = event_count(expected)
+    # One generation per request, but for a break before response.created reached the app
+    # (then nothing is lost by starting over); every later break reattaches.
+    assert posts <= positions + 1
+    assert gets >= positions - 1

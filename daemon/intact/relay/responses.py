@@ -42,6 +42,9 @@ from intact.resilience import classify
 from intact.upstream.client import UpstreamCall
 
 RESPONSES_PATH = "/responses"
+# OpenAI refuses max_output_tokens below 16: a continuation asks for at least that and
+# intact stops forwarding at the app's own limit.
+MIN_OUTPUT_TOKENS = 16
 _TEXT_DONE = frozenset(
     {"response.output_text.done", "response.content_part.done", "response.output_item.done"}
 )
@@ -244,7 +247,7 @@ class ResponsesAnswer(TextAnswer):
             body["store"] = False
             limit = max_tokens_after(base_body, "max_output_tokens", generated)
             if limit is not None:
-                body["max_output_tokens"] = limit
+                body["max_output_tokens"] = max(limit, MIN_OUTPUT_TOKENS)
         return UpstreamCall(RESPONSES_PATH, orjson.dumps(body))
 
     def attempt(self, mode: str = "instruct") -> ResponsesFeed:
@@ -333,6 +336,7 @@ class ResponsesFeed:
         self.finish_reason: str | None = None
         self.tokens_delivered = 0
         self._usage: Mapping[str, Any] = {}
+        self._capped = False  # the app's max_output_tokens reached inside a continuation
 
     @property
     def finished(self) -> bool:
@@ -454,6 +458,10 @@ class ResponsesFeed:
             if self._dropped_reasoning and not self.answer_generated:
                 raise classify.diverged("the continuation only reasoned and gave no answer text")
             await self._finish_splice()
+            if self._capped:
+                details = {"reason": "max_output_tokens"}
+                response = {**(obj.get("response") or {}), "incomplete_details": details}
+                obj = {**obj, "type": "response.incomplete", "response": response}
             self._end(obj, b"")
             return
         if kind == "response.output_item.added":
@@ -510,9 +518,13 @@ class ResponsesFeed:
         await self.a.sink.send_chunk(obj, None)
 
     async def _send_text(self, text: str, tokens: int) -> None:
+        a = self.a
+        limit = a.token_limit
+        if limit is not None and a.tokens_delivered >= limit:
+            self._capped = self._capped or bool(text)  # past the app's limit: not sent
+            return
         if not text:
             return
-        a = self.a
         a.record_text(text, tokens)
         self.tokens_delivered += tokens
         item = a.items[a.text_item or 0]
