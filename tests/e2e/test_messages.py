@@ -259,3 +259,23 @@ async def test_a_break_inside_thinking_ends_with_an_error_the_sdk_raises(tmp_pat
         assert isinstance(got.error, anthropic.APIError)
         assert "thinking" in str(got.error)
         assert "message_stop" not in got.events
+
+
+async def test_an_overloaded_upstream_fails_over_to_the_next_anthropic_upstream(
+    tmp_path: Path,
+) -> None:
+    async with fast_sim() as down, fast_sim() as up:
+        ups = [
+            {"name": "first", "kind": "anthropic", "base_url": down.base_url},
+            {"name": "second", "kind": "anthropic", "base_url": up.base_url},
+        ]
+        down.set_mode("down")  # 529 overloaded_error on every request
+        async with daemon_for(tmp_path, [down, up], upstreams=ups) as d:
+            got = await stream_message(anthropic_sdk(d.socket_path))
+        expected = up.messages_api.expected(
+            {"model": "sim-1", "max_tokens": 200, "messages": PROMPT}
+        ).text
+    assert got.error is None, got.error
+    assert got.text == expected
+    assert [r.path for r in down.stats.http_requests][:1] == ["/v1/messages"]
+    assert up.stats.requests_by_api["messages"] == 1
