@@ -814,3 +814,12 @@ def test_empty_partial_is_decided_from_the_start(mode: str) -> None:
 def test_unknown_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="restart"):
         ContinuationSplicer("x", mode="restart")
+
+
+def test_a_short_cjk_sentence_arriving_alone_is_not_judged_before_what_follows() -> None:
+    """"东京。" as its own piece, after a partial that opened with 东京: a restart or the
+    answer going on ("东京。谢谢…")? Only what follows tells (found by hypothesis)."""
+    sent = "东京是日本的首都，也是世界上最大的城市之一。\n\n每天都有很多游客来"
+    splicer = ContinuationSplicer(sent, SpliceLimits(), mode="instruct")
+    out = [splicer.feed("东京。"), splicer.feed("谢谢你的问题！"), splicer.finish()]
+    assert "".join(piece or "" for piece in out) == "东京。谢谢你的问题！"

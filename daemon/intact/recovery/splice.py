@@ -105,8 +105,12 @@ def _lead(text: str, ended: bool) -> tuple[str, bool]:
         taken += len(sentence)
         if not complete:
             return text[:taken], False
-        if len(_units(text[:taken])) >= 4 or taken >= len(text) or "\n" in sentence:
+        if len(_units(text[:taken])) >= 4 or "\n" in sentence:
             return text[:taken], True
+        if taken >= len(text):
+            # Out of text: the lead is whole only if the continuation ended ("东京。" may go
+            # on "谢谢…", which tells it from a restart "东京是…").
+            return text[:taken], ended
         while taken < len(text) and text[taken] in _BLANKS:
             taken += 1
 
