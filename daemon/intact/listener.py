@@ -28,13 +28,11 @@ from intact.connections import AppConnection, ConnectionGate
 from intact.errors import AppError, invalid_request, not_found
 from intact.peer import Peer
 from intact.relay.engine import Relay
+from intact.relay.messages import error_response as messages_error_response
 from intact.relay.messages import (
-    MessageCollector,
-    MessagesSSESink,
     messages_sink,
     parse_messages_request,
 )
-from intact.relay.messages import error_response as messages_error_response
 from intact.relay.passthrough import OWN_ROUTES, RelayedRequest, relay_passthrough
 from intact.relay.protocol import AppRequest
 from intact.relay.request import parse_chat_request
@@ -254,7 +252,7 @@ class _Api:
         self.error = error
 
 
-AnySink = SSESink | CompletionSink | MessagesSSESink | MessageCollector
+AnySink = SSESink | CompletionSink
 
 
 def _chat_sink(request: web.Request, stream: bool, limits: AppLimits) -> AnySink:

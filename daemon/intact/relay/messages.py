@@ -31,9 +31,9 @@ import orjson
 from aiohttp import web
 
 from intact.config import ANTHROPIC_VERSION, RecoveryConfig
-from intact.errors import AppError, UpstreamResponseError, invalid_request
+from intact.errors import AppError, invalid_request
 from intact.relay.request import parse_relay_headers
-from intact.relay.sinks import AppLimits, AppSink, SSESink, json_response
+from intact.relay.sinks import AppLimits, AppSink, CompletionSink, SSESink, json_response
 from intact.relay.text_answer import SplicedText, TextAnswer, max_tokens_after, splice_mode
 from intact.resilience import classify
 from intact.upstream.client import UpstreamCall
@@ -444,18 +444,14 @@ class MessagesSSESink(SSESink):
             await self._writer.abandon(error_event(error), linger=linger)
 
 
-class MessageCollector:
+class MessageCollector(CompletionSink):
     """Collects the events into one Message object for a non-streaming request."""
 
     def __init__(self) -> None:
-        self.result: web.Response | None = None
+        super().__init__()
         self._message: dict[str, Any] = {}
         self._blocks: dict[int, dict[str, Any]] = {}
         self._pieces: dict[int, list[str]] = {}
-
-    @property
-    def committed(self) -> bool:
-        return False
 
     async def send_chunk(self, chunk: Mapping[str, Any], raw: bytes | None) -> None:
         kind = chunk.get("type")
@@ -502,12 +498,6 @@ class MessageCollector:
             content.append(block)
         return {**self._message, "content": content}
 
-    async def send_comment(self, text: str) -> None:
-        return None
-
-    async def flow(self) -> None:
-        return None
-
     def reset(self) -> bool:
         self._message = {}
         self._blocks = {}
@@ -519,18 +509,6 @@ class MessageCollector:
 
     async def fail(self, error: AppError) -> None:
         self.result = error_response(error)
-
-    async def too_slow(self, error: AppError) -> None:
-        await self.fail(error)
-
-    async def gone(self) -> None:
-        return None
-
-    async def abort(self, error: AppError, linger: float) -> None:
-        await self.fail(error)
-
-    async def pass_through(self, error: UpstreamResponseError) -> None:
-        self.result = json_response(error.status, error.body, error.headers)
 
 
 def messages_sink(
