@@ -35,6 +35,7 @@ from intact.relay.app_writer import AppGone, AppTooSlow
 from intact.relay.protocol import Answer, AppRequest, AttemptFeed, UpstreamCall
 from intact.relay.sinks import AppSink
 from intact.resilience import classify
+from intact.resilience.admission import Admission, Refused, take_slot
 from intact.resilience.breaker import BreakerPermit, BreakerState, CallOutcome
 from intact.resilience.bulkhead import BulkheadSlot
 from intact.resilience.classify import FailureKind, UpstreamFailure
@@ -262,7 +263,7 @@ class _Run:
         self.task = asyncio.current_task()
         self.stopped_for_shutdown = False
         self.skipped: tuple[str, str, int | None, float | None] | None = None
-        self.deposited = False
+        self.admission = Admission(self.loop.time, relay.clock.sleep)
         self.summary = RequestSummary(
             outcome=Outcome.FAILED,
             model=req.model,
@@ -400,79 +401,38 @@ class _Run:
     async def prepare(
         self, up: Target, reason: AttemptReason, *, can_skip: bool
     ) -> tuple[BulkheadSlot, BreakerPermit]:
-        """Everything between choosing an upstream and sending: backoff, budget, a stream
-        slot and, last, the breaker's permit (taken after any wait, so an upstream whose
-        breaker opened meanwhile is not called). Raises _Skip when another upstream should
-        be tried instead, _Ended after ending the request explicitly."""
-
-        async def refuse(code: str, message: str, **kw: Any) -> _Skip | _Ended:
+        """Everything between choosing an upstream and sending (``resilience.admission``).
+        Raises _Skip when another upstream should be tried instead, _Ended after ending the
+        request explicitly."""
+        last = self.last_failure
+        try:
+            await self.admission.before_call(
+                up,
+                self.plan,
+                first=reason is AttemptReason.INITIAL,
+                can_skip=can_skip,
+                deadline=self.attempt_deadline(),
+                # Only when the upstream said nothing of its own to pass on.
+                say_rate_limited=last is None or not last.status,
+                budget_exhausted=self.trace.budget_exhausted,
+            )
+            return await take_slot(up)
+        except Refused as refused:
             if can_skip:
-                self.skipped = (code, message, kw.get("status"), kw.get("retry_after"))
-                return _Skip()
-            await self.give_up(code, message, **kw)
-            return _Ended()
-
-        runtime = up.upstream
-        name = runtime.name
-        if reason is AttemptReason.INITIAL and can_skip and up.rate_limit.peek(self.loop.time()):
-            # Paced after 429s: another upstream can answer now.
-            raise await refuse("rate_limited", f"upstream {name} is rate limiting (429)")
-        wait = self.plan.delay_before(up, self.loop.time())
-        if wait is None:
-            raise await refuse(
-                "retry_after_too_long",
-                f"upstream {name} asked to wait longer than retry.max_retry_after",
-            )
-        if self.loop.time() + wait >= self.attempt_deadline():
-            if up.rate_limit.paced and (self.last_failure is None or not self.last_failure.status):
-                # Nothing the upstream said to pass on: say it is rate limiting.
-                raise await refuse(
-                    "rate_limited",
-                    f"upstream {name} is rate limiting (429) and no call slot is free before "
-                    "the request's deadline",
-                    status=429,
-                    retry_after=wait,
+                self.skipped = (
+                    refused.code,
+                    refused.message,
+                    refused.status,
+                    refused.retry_after,
                 )
-            raise await refuse(
-                "deadline_exceeded", "the next attempt would pass the request deadline"
+                raise _Skip() from None
+            await self.give_up(
+                refused.code,
+                refused.message,
+                status=refused.status,
+                retry_after=refused.retry_after,
             )
-        if reason is AttemptReason.INITIAL:
-            if not self.deposited:
-                runtime.budget.deposit()
-                self.deposited = True
-        elif not runtime.budget.try_withdraw():
-            self.trace.budget_exhausted(name)
-            log.warning("retry_budget_exhausted", upstream=name)
-            raise await refuse(
-                "retry_budget_exhausted", f"retry budget of upstream {name} is spent"
-            )
-        # Last, the pacing slot (only for a call that will be made).
-        wait = max(wait, up.rate_limit.reserve(self.loop.time()))
-        if wait > 0:
-            await self.relay.clock.sleep(wait)
-        return await self.admit(up, refuse)
-
-    async def admit(self, up: Target, refuse: Any) -> tuple[BulkheadSlot, BreakerPermit]:
-        """A stream slot, then the breaker's permit (or refuse)."""
-        name = up.upstream.name
-        slot = await up.upstream.bulkhead.acquire()
-        if slot is None:
-            raise await refuse(
-                "overloaded",
-                f"upstream {name} has no free stream slot",
-                status=503,
-                retry_after=1.0,
-            )
-        permit = up.breaker.try_acquire()
-        if permit is None:
-            slot.release()
-            raise await refuse(
-                "upstream_unavailable",
-                f"the circuit breaker of upstream {name} is open",
-                status=503,
-                retry_after=max(1.0, up.breaker.retry_after()),
-            )
-        return slot, permit
+            raise _Ended() from None
 
     # -- one attempt, or a race of hedged attempts ---------------------------------------
 
@@ -579,12 +539,9 @@ class _Run:
                 self.trace.budget_exhausted(runtime.name)
                 continue
 
-            async def skip(*_: Any, **__: Any) -> _Skip:
-                return _Skip()
-
             try:
-                slot, permit = await self.admit(target, skip)
-            except _Skip:
+                slot, permit = await take_slot(target)
+            except Refused:
                 continue
             return target, slot, permit
         return None

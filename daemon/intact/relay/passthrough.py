@@ -34,6 +34,7 @@ from intact.relay.app_writer import AppGone, AppTooSlow, AppWriter
 from intact.relay.engine import Relay
 from intact.relay.sinks import json_response
 from intact.resilience import classify
+from intact.resilience.admission import Admission, Refused, take_slot
 from intact.resilience.breaker import BreakerPermit, BreakerState, CallOutcome
 from intact.resilience.bulkhead import BulkheadSlot
 from intact.resilience.classify import FailureKind, UpstreamFailure
@@ -127,24 +128,6 @@ class RelayedRequest:
         return orjson.dumps({**self.document, "model": target.model})
 
 
-class _Refusal(Exception):
-    """An upstream cannot take the attempt now (wait too long, budget, slot, breaker)."""
-
-    def __init__(
-        self,
-        code: str,
-        message: str,
-        *,
-        status: int | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
-        self.retry_after = retry_after
-
-
 async def relay_passthrough(
     relay: Relay, request: web.Request, req: RelayedRequest
 ) -> web.StreamResponse:
@@ -180,7 +163,7 @@ class _PassthroughRun:
         self.total_timeout = primary.stream.total_timeout
         self.deadline = self.loop.time() + self.total_timeout
         self.plan = FailoverPlan(targets, primary.retry.max_attempts, relay.rng)
-        self.deposited = False
+        self.admission = Admission(self.loop.time, relay.clock.sleep)
         self.task = asyncio.current_task()
         self.cut = False  # intact ended the app's connection itself
         self.summary = PassthroughSummary(
@@ -218,7 +201,7 @@ class _PassthroughRun:
         s = self.summary
         plan = self.plan
         passed_over: set[str] = set()  # upstreams that refused this attempt
-        refusal: _Refusal | None = None
+        refusal: Refused | None = None
         while True:
             if s.attempts >= plan.max_attempts:
                 return self.give_up(
@@ -232,7 +215,7 @@ class _PassthroughRun:
             target, alternatives = chosen
             try:
                 slot, permit = await self.admit(target, can_skip=alternatives)
-            except _Refusal as refused:
+            except Refused as refused:
                 if not alternatives:
                     return self.give_up_refused(refused)
                 refusal = refused
@@ -267,59 +250,16 @@ class _PassthroughRun:
             )
 
     async def admit(self, target: Target, *, can_skip: bool) -> tuple[BulkheadSlot, BreakerPermit]:
-        """What a chat attempt goes through before sending: pacing and backoff, the retry
-        budget (a deposit for the request, a withdrawal per retry), a bulkhead slot and the
-        breaker's permit, taken last. Raises _Refusal."""
-        runtime = target.upstream
-        name = runtime.name
-        now = self.loop.time()
-        first = self.summary.attempts == 0
-        if first and can_skip and target.rate_limit.peek(now):
-            raise _Refusal("rate_limited", f"upstream {name} is rate limiting (429)")
-        wait = self.plan.delay_before(target, now)
-        if wait is None:
-            raise _Refusal(
-                "retry_after_too_long",
-                f"upstream {name} asked to wait longer than retry.max_retry_after",
-            )
-        if now + wait >= self.deadline:
-            if target.rate_limit.paced:
-                raise _Refusal(
-                    "rate_limited",
-                    f"upstream {name} is rate limiting (429) and no call slot is free before "
-                    "the request's deadline",
-                    status=429,
-                    retry_after=wait,
-                )
-            raise _Refusal("deadline_exceeded", "the next attempt would pass the request deadline")
-        if first:
-            if not self.deposited:
-                runtime.budget.deposit()
-                self.deposited = True
-        elif not runtime.budget.try_withdraw():
-            log.warning("retry_budget_exhausted", upstream=name)
-            raise _Refusal("retry_budget_exhausted", f"retry budget of upstream {name} is spent")
-        wait = max(wait, target.rate_limit.reserve(self.loop.time()))  # the call is certain
-        if wait > 0:
-            await self.relay.clock.sleep(wait)
-        slot = await runtime.bulkhead.acquire()
-        if slot is None:
-            raise _Refusal(
-                "overloaded",
-                f"upstream {name} has no free stream slot",
-                status=503,
-                retry_after=1.0,
-            )
-        permit = target.breaker.try_acquire()
-        if permit is None:
-            slot.release()
-            raise _Refusal(
-                "upstream_unavailable",
-                f"the circuit breaker of upstream {name} is open",
-                status=503,
-                retry_after=max(1.0, target.breaker.retry_after()),
-            )
-        return slot, permit
+        """What a chat attempt goes through before sending (``resilience.admission``).
+        Raises Refused."""
+        await self.admission.before_call(
+            target,
+            self.plan,
+            first=self.summary.attempts == 0,
+            can_skip=can_skip,
+            deadline=self.deadline,
+        )
+        return await take_slot(target)
 
     async def attempt(
         self, target: Target, permit: BreakerPermit
@@ -485,7 +425,7 @@ class _PassthroughRun:
         body = ending.body if isinstance(ending, UpstreamResponseError) else ending.body()
         return json_response(ending.status, body, headers)
 
-    def give_up_refused(self, refused: _Refusal) -> web.Response:
+    def give_up_refused(self, refused: Refused) -> web.Response:
         return self.give_up(
             refused.code, refused.message, status=refused.status, retry_after=refused.retry_after
         )
