@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from realmodel.llama import PROMPTS, RECORD, LlamaServer, Reference, fetch_reference
+from realmodel.llama import API_KEY, PROMPTS, RECORD, LlamaServer, Reference, fetch_reference
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "tools" / "real_model.sh"
@@ -77,6 +77,8 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServ
         *("-m", str(cache / "model.gguf")),
         *("--host", "127.0.0.1", "--port", str(port)),
         *("-t", THREADS, "-ub", "1", "-c", "4096", "--parallel", "1"),
+        # Keys are checked: Bearer on the OpenAI APIs, x-api-key on Messages.
+        *("--api-key", API_KEY),
     ]
     with log.open("wb") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
@@ -94,7 +96,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServ
             if time.monotonic() > deadline:
                 pytest.fail(f"llama-server not healthy after 60 s:\n{_tail(log)}")
             time.sleep(0.1)
-        yield LlamaServer(url=url, log=log)
+        yield LlamaServer(url=url, log=log, api_key=API_KEY)
     finally:
         proc.terminate()
         try:
@@ -124,6 +126,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         f"uninterrupted answer, {time.monotonic() - RECORD.started:.1f} s"
     )
     write("faults struck: " + ", ".join(f"{k}={n}" for k, n in sorted(RECORD.faults.items())))
+    for outcome, count in sorted(RECORD.outcomes.items()):
+        write(f"  {outcome}: {count}")
     for line in RECORD.differences:
         write("DIFFERED: " + line)
     for line in RECORD.seams:

@@ -7,20 +7,24 @@ over the reference answer's length; the official openai SDK over the Unix socket
 
 from __future__ import annotations
 
-import contextlib
 import random
-import re
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import openai
 import pytest
 
-from intact.chaos import ChaosProxy, ChaosSettings, FaultOdds
+from intact.chaos import FaultOdds
 from intact.daemon import RunningDaemon
 from intact.simulator.faults import ALL_FAULT_KINDS, MID_STREAM_KINDS
+from realmodel.harness import (
+    BEFORE_RESPONSE,
+    chaos_intact,
+    difference,
+    doubled_seam,
+    fault_log,
+    record,
+)
 from realmodel.llama import (
     MAX_TOKENS,
     MODEL,
@@ -32,46 +36,7 @@ from realmodel.llama import (
     Reference,
     messages,
 )
-from support import Seen, daemon_for, sdk, stream_chat
-
-BEFORE_RESPONSE = ("http_429", "http_500", "http_503", "connect_drop")
-# Quick to notice a stall, patient enough for a CPU model on a busy 2-core machine.
-TIMEOUTS = {
-    "first_token_timeout": 10.0,
-    "stall_timeout": 1.5,
-    "connect_timeout": 2.0,
-    "total_timeout": 60.0,
-}
-
-
-@contextlib.asynccontextmanager
-async def chaos_intact(
-    tmp_path: Path,
-    llama: LlamaServer,
-    *,
-    resume: str = "prefill",
-    max_attempts: int = 6,
-    **chaos: Any,
-) -> AsyncIterator[tuple[ChaosProxy, RunningDaemon]]:
-    """llama-server <- chaos proxy <- intact, for one test."""
-    settings = ChaosSettings(
-        upstream=llama.url,
-        retry_after=0.05,
-        stall_max=30.0,
-        fault_log=str(tmp_path / "faults.jsonl"),
-        **chaos,
-    )
-    async with (
-        ChaosProxy(settings) as proxy,
-        daemon_for(
-            tmp_path,
-            [],
-            upstreams=[{"name": "llama", "base_url": proxy.url + "/v1", "resume": resume}],
-            stream=TIMEOUTS,
-            retry={"max_attempts": max_attempts},
-        ) as daemon,
-    ):
-        yield proxy, daemon
+from support import Seen, sdk, stream_chat
 
 
 async def ask(daemon: RunningDaemon, prompt: str, *, stream: bool) -> Seen:
@@ -89,35 +54,6 @@ async def ask(daemon: RunningDaemon, prompt: str, *, stream: bool) -> Seen:
     except openai.APIError as exc:
         seen.error = exc
     return seen
-
-
-def fault_log(tmp_path: Path) -> str:
-    return (tmp_path / "faults.jsonl").read_text().strip().replace("\n", "\n    ")
-
-
-def difference(ref: Reference, seen: Seen) -> str:
-    """Where an answer departs from the reference, with context on both sides."""
-    if seen.error is not None:
-        return f"explicit error {seen.error!r} after {len(seen.text)} chars"
-    at = next(
-        (i for i, (a, b) in enumerate(zip(ref.text, seen.text, strict=False)) if a != b),
-        min(len(ref.text), len(seen.text)),
-    )
-    return (
-        f"first difference at char {at}: expected {ref.text[max(0, at - 40) : at + 40]!r}, "
-        f"got {seen.text[max(0, at - 40) : at + 40]!r}; finish_reason {seen.finish_reason} "
-        f"(expected {ref.finish_reason})"
-    )
-
-
-def record(case: str, ref: Reference, seen: Seen, log: str) -> bool:
-    exact = seen.error is None and seen.text == ref.text
-    exact = exact and seen.finish_reason == ref.finish_reason
-    RECORD.requests += 1
-    RECORD.exact += exact
-    if not exact:
-        RECORD.differences.append(f"{case}: {difference(ref, seen)}\n    {log}")
-    return exact
 
 
 @dataclass(frozen=True)
@@ -228,20 +164,6 @@ async def test_resume_at_a_whitespace_or_repeated_line_seam_is_byte_identical(
     assert positions, f"no whitespace seam in the {prompt!r} answer: {ref.text!r}"
     assert sum(struck.values()) == len(positions), fault_log(tmp_path)
     assert not differed, "\n".join(differed)
-
-
-def doubled_seam(partial: str, continuation: str) -> str | None:
-    """Text the continuation repeats from the partial's end (or its start), if any."""
-    head = re.sub(r"\s+", " ", continuation).lstrip()
-    tail = re.sub(r"\s+", " ", partial).rstrip()
-    for size in range(min(len(tail), 200), 11, -1):
-        piece = tail[-size:].lstrip()
-        if len(piece) >= 12 and head.startswith(piece):
-            return piece
-    start = tail[:24]
-    if len(start) == 24 and head.startswith(start):
-        return start
-    return None
 
 
 @pytest.mark.parametrize("prompt", list(PROMPTS))

@@ -21,7 +21,7 @@ from intact.chaos import ChaosProxy, ChaosSettings, FaultOdds, FaultPlanner
 from intact.chaos.frames import EventFramer, EventRole, event_role
 from intact.simulator import expected_answer
 from intact.simulator.faults import ALL_FAULT_KINDS
-from support import MESSAGES, daemon_for, fast_sim, sdk, stream_chat
+from support import MESSAGES, anthropic_sdk, daemon_for, fast_sim, sdk, stream_chat
 
 EXPECTED = expected_answer(MESSAGES)
 MID_STREAM = ["reset", "stall", "error_event", "truncate"]
@@ -550,3 +550,338 @@ async def test_stopping_cuts_a_stalled_stream_at_once() -> None:
     assert loop.time() - started < 2.0
     assert len(content_chunks(data)) == 2 and error is not None
     assert proxy.stats.active == 0 and proxy.stats.client_disconnects == 0
+
+
+# --- Anthropic Messages and OpenAI Responses -------------------------------------------------
+
+ANTHROPIC_HEADERS = {"anthropic-version": "2023-06-01"}
+MESSAGES_BODY = {"model": "sim-1", "max_tokens": 300, "messages": MESSAGES}
+RESPONSES_BODY = {"model": "sim-1", "input": MESSAGES[0]["content"]}
+API_REQUESTS = {
+    "messages": ("/v1/messages", MESSAGES_BODY, ANTHROPIC_HEADERS),
+    "responses": ("/v1/responses", RESPONSES_BODY, {}),
+}
+CLOSING = {
+    "messages": {"message_delta", "message_stop"},
+    "responses": {"response.completed", "response.incomplete"},
+}
+
+
+def typed_events(data: bytes) -> list[dict[str, Any]]:
+    """The JSON payloads of a named-event stream, in order."""
+    events = []
+    for raw in data.split(b"\n\n"):
+        for line in raw.split(b"\n"):
+            if line.startswith(b"data: "):
+                events.append(orjson.loads(line[6:]))
+    return events
+
+
+def counted(api: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events a fault position counts: all but the closing ones and errors."""
+    return [e for e in events if e["type"] not in CLOSING[api] and e["type"] != "error"]
+
+
+def sketch(events: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """Each event's type and delta (ids differ from one generation to the next)."""
+    return [(e["type"], e.get("delta")) for e in events]
+
+
+async def api_stream(
+    proxy: ChaosProxy, api: str, fault: str, read_timeout: float = 5.0
+) -> tuple[bytes, BaseException | None]:
+    path, body, headers = API_REQUESTS[api]
+    received = b""
+    async with client(proxy, timeout=read_timeout) as http:
+        try:
+            async with http.stream(
+                "POST",
+                path,
+                json={**body, "stream": True},
+                headers={**headers, "x-chaos-fault": fault},
+            ) as resp:
+                assert resp.status_code == 200
+                async for chunk in resp.aiter_raw():
+                    received += chunk
+        except httpx.HTTPError as exc:
+            return received, exc
+    return received, None
+
+
+async def whole_stream(sim: Any, api: str) -> list[dict[str, Any]]:
+    """The uninterrupted stream of `api`, straight from the simulator."""
+    path, body, headers = API_REQUESTS[api]
+    async with httpx.AsyncClient(base_url=origin(sim.base_url)) as http:
+        resp = await http.post(path, json={**body, "stream": True}, headers=headers)
+    return typed_events(resp.content)
+
+
+@pytest.mark.parametrize("api", ["messages", "responses"])
+@pytest.mark.parametrize("position", [0, 1, 3, 6])
+async def test_typed_streams_are_cut_after_exactly_k_events(api: str, position: int) -> None:
+    async with fast_sim() as sim, proxy_for(origin(sim.base_url)) as proxy:
+        whole = await whole_stream(sim, api)
+        data, error = await api_stream(proxy, api, f"reset@{position}")
+    assert isinstance(error, httpx.RemoteProtocolError | httpx.ReadError)
+    # The events before the cut, as the upstream sent them.
+    assert sketch(typed_events(data)) == sketch(whole[:position])
+    assert proxy.stats.faults["reset"] == 1
+
+
+async def test_a_messages_error_event_is_anthropics_in_band_overloaded_error() -> None:
+    async with fast_sim() as sim, proxy_for(origin(sim.base_url)) as proxy:
+        data, error = await api_stream(proxy, "messages", "error_event@4")
+    assert error is None
+    events = data.strip().split(b"\n\n")
+    assert len(events) == 5
+    assert events[-1] == (
+        b"event: error\n"
+        b'data: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
+    )
+    assert b"message_stop" not in data
+
+
+async def test_a_responses_error_event_is_openais_error_event_numbered_next() -> None:
+    async with fast_sim() as sim, proxy_for(origin(sim.base_url)) as proxy:
+        data, error = await api_stream(proxy, "responses", "error_event@5")
+    assert error is None
+    events = typed_events(data)
+    assert len(events) == 6
+    last = events[-1]
+    assert data.strip().split(b"\n\n")[-1].startswith(b"event: error\n")
+    assert last["type"] == "error" and last["code"] == "server_error" and last["message"]
+    assert last["sequence_number"] == events[-2]["sequence_number"] + 1
+    assert b"response.completed" not in data
+
+
+@pytest.mark.parametrize("api", ["messages", "responses"])
+async def test_typed_streams_truncated_at_last_lack_only_the_closing_events(api: str) -> None:
+    async with fast_sim() as sim, proxy_for(origin(sim.base_url)) as proxy:
+        whole = await whole_stream(sim, api)
+        data, error = await api_stream(proxy, api, "truncate@last")
+        beyond, _ = await api_stream(proxy, api, "truncate@100000")
+        done, _ = await api_stream(proxy, api, "truncate@done")
+    assert error is None
+    assert sketch(typed_events(data)) == sketch(counted(api, whole))
+    assert sketch(typed_events(beyond)) == sketch(counted(api, whole))
+    assert whole[len(counted(api, whole)) :][0]["type"] in CLOSING[api]
+    # "done": after message_delta, before message_stop; a Responses stream ends at completed.
+    finish = "message_delta" if api == "messages" else "response.completed"
+    done_types = [e["type"] for e in typed_events(done)]
+    assert done_types[-1] == finish and done_types == [e["type"] for e in whole][: len(done_types)]
+
+
+@pytest.mark.parametrize("api", ["messages", "responses"])
+async def test_a_stall_in_a_typed_stream_keeps_the_connection_silent(api: str) -> None:
+    async with fast_sim() as sim, proxy_for(origin(sim.base_url)) as proxy:
+        whole = await whole_stream(sim, api)
+        data, error = await api_stream(proxy, api, "stall@4", read_timeout=0.5)
+    assert isinstance(error, httpx.ReadTimeout)
+    assert sketch(typed_events(data)) == sketch(whole[:4])
+    assert proxy.stats.faults["stall"] == 1
+
+
+@pytest.mark.parametrize("kind", [*BEFORE_RESPONSE, "http_529", "http_400", "context_length"])
+async def test_messages_refusals_have_anthropics_shape(kind: str) -> None:
+    path, body, headers = API_REQUESTS["messages"]
+    async with (
+        fast_sim() as sim,
+        proxy_for(origin(sim.base_url), retry_after=2.5) as proxy,
+        client(proxy) as http,
+    ):
+        if kind == "connect_drop":
+            with pytest.raises(httpx.RemoteProtocolError, match="disconnected"):
+                await http.post(path, json=body, headers={**headers, "x-chaos-fault": kind})
+            return
+        resp = await http.post(path, json=body, headers={**headers, "x-chaos-fault": kind})
+    # Anthropic sends no 503: overloaded is 529 (as the simulator answers http_503).
+    statuses = {"http_503": 529, "context_length": 400}
+    types = {
+        "http_429": "rate_limit_error",
+        "http_500": "api_error",
+        "http_503": "overloaded_error",
+        "http_529": "overloaded_error",
+    }
+    assert resp.status_code == (statuses.get(kind) or int(kind.removeprefix("http_")))
+    payload = resp.json()
+    assert set(payload) == {"type", "error"} and payload["type"] == "error"
+    assert set(payload["error"]) == {"type", "message"} and payload["error"]["message"]
+    assert payload["error"]["type"] == types.get(kind, "invalid_request_error")
+    if kind == "http_429":
+        assert resp.headers["retry-after"] == "3"
+    assert sim.stats.requests_by_api["messages"] == 0
+    assert proxy.stats.faults[kind] == 1
+
+
+@pytest.mark.parametrize("kind", [*BEFORE_RESPONSE[:3], "http_529", "context_length"])
+async def test_responses_refusals_have_openais_shape(kind: str) -> None:
+    path, body, _ = API_REQUESTS["responses"]
+    async with (
+        fast_sim() as sim,
+        proxy_for(origin(sim.base_url)) as proxy,
+        client(proxy) as http,
+    ):
+        resp = await http.post(path, json=body, headers={"x-chaos-fault": kind})
+    assert resp.status_code == (400 if kind == "context_length" else int(kind[5:]))
+    assert set(resp.json()["error"]) == {"message", "type", "param", "code"}
+    assert sim.stats.requests_by_api["responses"] == 0
+    assert proxy.stats.faults[kind] == 1
+
+
+@pytest.mark.parametrize(
+    ("api", "status", "error_type"),
+    [("messages", 529, "overloaded_error"), ("responses", 500, "server_error")],
+)
+async def test_a_non_streamed_typed_answer_meets_error_event_as_its_apis_http_error(
+    api: str, status: int, error_type: str
+) -> None:
+    path, body, headers = API_REQUESTS[api]
+    async with fast_sim() as sim, proxy_for(origin(sim.base_url)) as proxy, client(proxy) as http:
+        failed = await http.post(
+            path, json=body, headers={**headers, "x-chaos-fault": "error_event@2"}
+        )
+        with pytest.raises(httpx.RemoteProtocolError):  # a short body
+            await http.post(path, json=body, headers={**headers, "x-chaos-fault": "truncate@2"})
+        clean = await http.post(path, json=body, headers={**headers, "x-chaos-fault": "none"})
+    assert failed.status_code == status
+    assert failed.json()["error"]["type"] == error_type
+    assert clean.status_code == 200 and clean.json()["id"]
+    assert proxy.stats.faults["error_event"] == proxy.stats.faults["truncate"] == 1
+
+
+async def test_the_proxys_own_errors_on_messages_have_anthropics_shape() -> None:
+    path, body, headers = API_REQUESTS["messages"]
+    async with proxy_for("http://127.0.0.1:9", connect_timeout=1.0) as proxy, client(proxy) as h:
+        down = await h.post(path, json=body, headers=headers)
+        bad = await h.post(path, json=body, headers={**headers, "x-chaos-fault": "nope"})
+    assert down.status_code == 502
+    assert down.json()["type"] == "error" and down.json()["error"]["type"] == "api_error"
+    assert bad.status_code == 400
+    assert bad.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_only_generation_requests_of_the_typed_apis_are_faulted() -> None:
+    async with EchoUpstream() as up, proxy_for(up.url) as proxy, client(proxy) as http:
+        await http.post("/v1/messages/count_tokens", content=b"{}")
+        await http.get("/v1/responses/resp_1?stream=true")
+        await http.post("/v1/responses/resp_1/cancel", content=b"{}")
+        await http.post("/v1/messages", content=b"{}", headers={"x-chaos-fault": "none"})
+        await http.post("/v1/responses", content=b"{}", headers={"x-chaos-fault": "none"})
+    assert proxy.stats.decisions == 2
+
+
+@pytest.mark.parametrize(
+    ("raw", "api", "role"),
+    [
+        (
+            b'event: message_start\ndata: {"type":"message_start","message":{}}\n\n',
+            "messages",
+            "content",
+        ),
+        (
+            b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n',
+            "messages",
+            "content",
+        ),
+        (b'event: ping\ndata: {"type": "ping"}\n\n', "messages", "content"),
+        (
+            b'event: message_delta\ndata: {"type":"message_delta","delta":{}}\n\n',
+            "messages",
+            "finish",
+        ),
+        (b'event: message_stop\ndata: {"type":"message_stop"}\n\n', "messages", "done"),
+        (b'event: error\ndata: {"type":"error","error":{"type":"x"}}\n\n', "messages", "other"),
+        (b'event: response.created\ndata: {"type":"response.created"}\n\n', "responses", "content"),
+        (
+            b'event: response.output_item.done\ndata: {"type":"response.output_item.done"}\n\n',
+            "responses",
+            "content",
+        ),
+        (
+            b'event: response.completed\ndata: {"type":"response.completed"}\n\n',
+            "responses",
+            "finish",
+        ),
+        (
+            b'event: response.incomplete\ndata: {"type":"response.incomplete"}\n\n',
+            "responses",
+            "finish",
+        ),
+        (b'event: response.failed\ndata: {"type":"response.failed"}\n\n', "responses", "other"),
+        (b'event: error\ndata: {"type":"error","code":"x"}\n\n', "responses", "other"),
+        (b": keep-alive\n\n", "responses", "other"),
+    ],
+)
+def test_typed_event_roles(raw: bytes, api: Any, role: str) -> None:
+    assert event_role(raw, api) is EventRole(role)
+
+
+# --- through intact, with the official SDKs --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "reset@1",
+        "reset@5",
+        "error_event@0",
+        "error_event@4",
+        "truncate@last",
+        "stall@3",
+        "http_503",
+        "connect_drop",
+    ],
+)
+async def test_intact_recovers_the_proxys_faults_in_anthropic_messages(
+    tmp_path: Path, spec: str
+) -> None:
+    key = tmp_path / "key"
+    key.write_text("sk-ant-test")
+    async with (
+        fast_sim(api_key="sk-ant-test") as sim,
+        proxy_for(origin(sim.base_url), retry_after=0.05) as proxy,
+    ):
+        up = {
+            "name": "claude",
+            "kind": "anthropic",
+            "base_url": proxy.url + "/v1",
+            "api_key_file": str(key),
+            "resume": "prefill",
+        }
+        async with daemon_for(tmp_path, [], upstreams=[up]) as d:
+            expected = sim.messages_api.expected(MESSAGES_BODY)
+            proxy.schedule_faults([spec])
+            text = ""
+            async with anthropic_sdk(d.socket_path).messages.stream(**MESSAGES_BODY) as stream:
+                async for piece in stream.text_stream:
+                    text += piece
+                final = await stream.get_final_message()
+    assert text == expected.text
+    assert final.stop_reason == expected.stop_reason
+    assert sum(proxy.stats.faults.values()) == 1
+
+
+@pytest.mark.parametrize(
+    "spec", ["reset@2", "reset@7", "error_event@5", "truncate@last", "stall@4", "http_429"]
+)
+async def test_intact_recovers_the_proxys_faults_in_openai_responses(
+    tmp_path: Path, spec: str
+) -> None:
+    async with (
+        fast_sim() as sim,
+        proxy_for(origin(sim.base_url), retry_after=0.05) as proxy,
+    ):
+        up = {"name": "p", "base_url": proxy.url + "/v1", "resume": "prefill"}
+        async with daemon_for(tmp_path, [], upstreams=[up]) as d:
+            expected = sim.responses_api.expected(RESPONSES_BODY)
+            proxy.schedule_faults([spec])
+            text, completed = "", None
+            stream = await sdk(d.socket_path).responses.create(**RESPONSES_BODY, stream=True)
+            async for event in stream:
+                if event.type == "response.output_text.delta":
+                    text += event.delta
+                elif event.type == "response.completed":
+                    completed = event.response
+    assert text == expected.text
+    assert completed is not None and completed.output_text == expected.text
+    assert sum(proxy.stats.faults.values()) == 1

@@ -817,9 +817,37 @@ def test_unknown_mode_is_refused() -> None:
 
 
 def test_a_short_cjk_sentence_arriving_alone_is_not_judged_before_what_follows() -> None:
-    """"东京。" as its own piece, after a partial that opened with 东京: a restart or the
+    """ "东京。" as its own piece, after a partial that opened with 东京: a restart or the
     answer going on ("东京。谢谢…")? Only what follows tells (found by hypothesis)."""
     sent = "东京是日本的首都，也是世界上最大的城市之一。\n\n每天都有很多游客来"
     splicer = ContinuationSplicer(sent, SpliceLimits(), mode="instruct")
     out = [splicer.feed("东京。"), splicer.feed("谢谢你的问题！"), splicer.finish()]
     assert "".join(piece or "" for piece in out) == "东京。谢谢你的问题！"
+
+
+def test_prefill_drops_the_echo_of_a_partial_that_ends_in_a_symbol() -> None:
+    """llama-server's Messages and Responses endpoints echo a prefill before going on: "1. **"
+    comes back as "1. **Code" (found on the real model)."""
+    splicer = ContinuationSplicer("1. **", SpliceLimits(), mode="prefill")
+    out = [splicer.feed(p) for p in ["1. **Code", " Bre", "akers"]] + [splicer.finish()]
+    assert "".join(piece or "" for piece in out) == "Code Breakers"
+
+
+def test_instruct_refuses_a_new_sentence_glued_to_a_word_cut_in_mid_sentence() -> None:
+    """ "…the human perception of" + "The sky blue is a beautiful sight, …" is a new text, not
+    the rest of the sentence (found on the real model)."""
+    sent = (
+        "The answer to this question lies in the intricate dance of atmospheric molecules "
+        "and the human perception of"
+    )
+    pieces = ["The", " sky", " blue", " is", " a", " beautiful", " sight", ",", " but", " it"]
+    pieces += [" is", " not", " a", " physical", " phenomenon", "."]
+    splicer = ContinuationSplicer(sent, SpliceLimits(), mode="instruct")
+    with pytest.raises(ContinuationDiverged):
+        for piece in pieces:
+            splicer.feed(piece)
+        splicer.finish()
+    going_on = ContinuationSplicer("The waves of the", SpliceLimits(), mode="instruct")
+    assert (going_on.feed(" sea, calm and wide.") or "") + going_on.finish() == (
+        " sea, calm and wide."
+    )

@@ -372,3 +372,20 @@ async def test_responses_without_output_index_or_sequence_numbers_still_splice()
     assert sink.text() == "I'm glad you're here."
     assert sink.events[-1]["response"]["id"] == "resp_1"
     assert sink.events[-1]["response"]["output"][0]["content"][0]["text"] == "I'm glad you're here."
+
+
+async def test_a_continuation_that_only_restates_the_partial_is_not_an_ending() -> None:
+    """The model re-emits the partial and stops (seen on the real model): ending there would
+    close the answer where it broke."""
+    sink = Sink()
+    answer = MessagesAnswer(sink, RecoveryConfig(), 100)  # type: ignore[arg-type]
+    partial = "The answer lies in the intricate dance of atmospheric"
+    await feed(answer.attempt("instruct"), [message_start(), block(0), text(0, partial)])
+    second = answer.attempt("instruct")
+    with pytest.raises(UpstreamFailure) as failure:
+        await feed(
+            second,
+            [message_start(), block(0), text(0, partial), stop(0), message_delta("end_turn")],
+        )
+    assert "restated" in failure.value.message
+    assert sink.text() == partial

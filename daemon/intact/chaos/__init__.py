@@ -1,4 +1,5 @@
-"""The chaos proxy: the simulator's named faults in front of any OpenAI-compatible server.
+"""The chaos proxy: the simulator's named faults in front of any OpenAI-compatible server,
+in chat completions, Anthropic Messages and OpenAI Responses streams.
 
 `plan` decides each request's fault (header, script or seeded chance), `frames` cuts an event
 stream into raw events, `proxy` is the aiohttp server that forwards and strikes.

@@ -46,8 +46,10 @@ class ChaosDecision:
 
     `position` counts the content chunks (role, content and tool-call chunks; not the finish,
     usage or [DONE] events) forwarded before the fault; LAST_CHUNK means all of them,
-    AFTER_FINISH after the finish chunk. A position past the stream's end is clamped to
-    LAST_CHUNK, since a proxy cannot know a stream's length in advance.
+    AFTER_FINISH after the finish chunk. On Messages and Responses streams it counts SSE
+    events instead: every event before message_delta, or before response.completed
+    (`frames.EventRole`). A position past the stream's end is clamped to LAST_CHUNK, since a
+    proxy cannot know a stream's length in advance.
     """
 
     kind: str

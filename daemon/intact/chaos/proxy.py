@@ -1,11 +1,32 @@
 """The chaos proxy: the simulator's named faults in front of any OpenAI-compatible server.
 
 `intact chaos-proxy --upstream URL --port N` forwards every request to URL byte for byte (any
-path, headers including Authorization, streamed responses chunk by chunk as they arrive) and
-breaks chat and text completions on purpose: before the response (http_429/500/503,
-connect_drop) or mid-stream at a chosen content chunk (reset, stall, error_event, truncate).
+path, headers including Authorization and x-api-key, streamed responses chunk by chunk as
+they arrive) and breaks generation requests on purpose: before the response (http_429/500/
+503, connect_drop) or mid-stream at a chosen event (reset, stall, error_event, truncate).
 Point intact (or any client) at it to chaos-test against a real vLLM, llama.cpp or provider
 sandbox. `/chaos/*` belongs to the proxy: stats, and a FIFO fault script like the simulator's.
+
+Three APIs are faulted (any other request passes through untouched), each the way its own
+servers fail:
+
+- chat and text completions (`POST .../chat/completions`, `.../completions`): a position
+  counts content chunks (`frames.EventRole`); error_event is `data: {"error": ...}`.
+- Anthropic Messages (`POST .../messages`): a position counts the SSE events before
+  message_delta (message_start, block starts, deltas and block stops); "last" strikes right
+  before message_delta, "done" after it, before message_stop. error_event is Anthropic's
+  in-band `event: error` with `{"type":"error","error":{"type":"overloaded_error",
+  "message":"Overloaded"}}` on the 200; HTTP errors have Anthropic's body
+  `{"type":"error","error":{"type","message"}}` (http_503 answers 529 overloaded_error, as
+  Anthropic sends no 503, like the simulator).
+- OpenAI Responses (`POST .../responses`): a position counts the SSE events before
+  response.completed (response.created included); error_event is `event: error` with
+  `{"type":"error","code":"server_error","message":...}` (its sequence_number follows the
+  last one forwarded, when the upstream numbers its events). HTTP errors as chat's.
+
+A non-streamed response meets a mid-stream fault the way its client would see one: reset
+and stall before any byte, error_event as HTTP 500 (Messages: 529 overloaded_error),
+truncate as a short body.
 """
 
 from __future__ import annotations
@@ -31,18 +52,20 @@ import yarl
 from aiohttp import web
 from multidict import CIMultiDict
 
-from intact.chaos.frames import EventFramer, EventRole, event_role
+from intact.chaos.frames import Api, EventFramer, EventRole, api_of, event_role, sequence_number
 from intact.chaos.plan import FAULT_HEADER, ChaosDecision, FaultOdds, FaultPlanner
 from intact.errors import AppError
 from intact.simulator.faults import (
     AFTER_FINISH,
     ALL_FAULT_KINDS,
     CONNECT_DROP,
+    CONTEXT_LENGTH,
     ERROR_EVENT,
     HTTP_400,
     HTTP_429,
     HTTP_500,
     HTTP_503,
+    HTTP_529,
     RESET,
     STALL,
     TRUNCATE,
@@ -66,9 +89,6 @@ _HOP_BY_HOP = frozenset(
         FAULT_HEADER,
     }
 )
-# Only these paths are faulted; everything else is a plain reverse proxy.
-_FAULTABLE_SUFFIXES = ("/chat/completions", "/completions")
-
 SERVER_ERROR = AppError(
     500,
     "The server had an error while processing your request. Sorry about that!",
@@ -77,6 +97,7 @@ SERVER_ERROR = AppError(
 OVERLOADED = AppError(
     503, "The engine is currently overloaded, please try again later.", "server_error"
 )
+OVERLOADED_529 = AppError(529, "The server is overloaded, please try again later.", "server_error")
 PREFILL_REFUSED = AppError(
     400,
     "This model does not support assistant message prefill.",
@@ -84,6 +105,56 @@ PREFILL_REFUSED = AppError(
     code="invalid_request",
     param="messages",
 )
+CONTEXT_TOO_LONG = AppError(
+    400,
+    "This model's maximum context length is 8192 tokens. However, your messages resulted in "
+    "9120 tokens. Please reduce the length of the messages.",
+    "invalid_request_error",
+    code="context_length_exceeded",
+    param="messages",
+)
+_OPENAI_REFUSALS = {
+    HTTP_500: SERVER_ERROR,
+    HTTP_503: OVERLOADED,
+    HTTP_529: OVERLOADED_529,
+    HTTP_400: PREFILL_REFUSED,
+    CONTEXT_LENGTH: CONTEXT_TOO_LONG,
+}
+
+# Anthropic's errors (https://docs.anthropic.com/en/api/errors), as the simulator sends them.
+ANTHROPIC_OVERLOADED = AppError(529, "Overloaded", "overloaded_error")
+_ANTHROPIC_REFUSALS = {
+    HTTP_500: AppError(500, "Internal server error", "api_error"),
+    # Anthropic sends no 503: overloaded is 529.
+    HTTP_503: ANTHROPIC_OVERLOADED,
+    HTTP_529: ANTHROPIC_OVERLOADED,
+    HTTP_400: AppError(
+        400,
+        "This model does not support assistant message prefill. "
+        "The conversation must end with a user message.",
+        "invalid_request_error",
+    ),
+    CONTEXT_LENGTH: AppError(
+        400, "prompt is too long: 208439 tokens > 200000 maximum", "invalid_request_error"
+    ),
+}
+_ANTHROPIC_TYPES = frozenset(
+    {
+        "invalid_request_error",
+        "authentication_error",
+        "permission_error",
+        "not_found_error",
+        "request_too_large",
+        "rate_limit_error",
+        "api_error",
+        "overloaded_error",
+    }
+)
+ANTHROPIC_ERROR_EVENT = (
+    b"event: error\n"
+    b'data: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}\n\n'
+)
+"""error_event on a Messages stream: Anthropic's in-band error on the 200."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,6 +193,9 @@ class ChaosSettings:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
 
 
+_COUNTED_KINDS = (*ALL_FAULT_KINDS, HTTP_529, HTTP_400, CONTEXT_LENGTH)
+
+
 @dataclass
 class ChaosStats:
     """Counts since start: requests forwarded, decisions made, faults that struck."""
@@ -140,7 +214,7 @@ class ChaosStats:
         return {
             "requests": self.requests,
             "decisions": self.decisions,
-            "faults": {kind: self.faults[kind] for kind in (*ALL_FAULT_KINDS, HTTP_400)},
+            "faults": {kind: self.faults[kind] for kind in _COUNTED_KINDS},
             "faults_total": sum(self.faults.values()),
             "not_applied": self.not_applied,
             "upstream_errors": self.upstream_errors,
@@ -339,8 +413,9 @@ class ChaosProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        if request.method != "POST" or not request.path.endswith(_FAULTABLE_SUFFIXES):
-            return await self._relay(request, body, None, _Outcome())
+        api = api_of(request.path) if request.method == "POST" else None
+        if api is None:
+            return await self._relay(request, body, None, _Outcome(), None)
         self._request_number += 1
         number = self._request_number
         try:
@@ -348,14 +423,14 @@ class ChaosProxy:
                 path=request.path, body=body, header=request.headers.get(FAULT_HEADER)
             )
         except ValueError as error:
-            return _error_response(_bad_request(f"{FAULT_HEADER}: {error}"))
+            return _error_response(_bad_request(f"{FAULT_HEADER}: {error}"), api)
         self.stats.decisions += 1
         outcome = _Outcome()
         try:
             if decision.is_fault and not decision.mid_stream:
                 self._struck(decision, outcome, None)
-                return self._refuse(request, decision.kind)
-            return await self._relay(request, body, decision, outcome)
+                return self._refuse(request, decision.kind, api)
+            return await self._relay(request, body, decision, outcome, api)
         except asyncio.CancelledError:
             if self._runner is not None:  # not stopping: the client went away
                 self.stats.client_disconnects += 1
@@ -392,12 +467,21 @@ class ChaosProxy:
             }
         )
 
-    def _refuse(self, request: web.Request, kind: str) -> web.StreamResponse:
+    def _refuse(self, request: web.Request, kind: str, api: Api) -> web.StreamResponse:
         """A fault that replaces the whole response; the upstream never sees the request."""
         if kind == CONNECT_DROP:
             return _drop_connection(request, reset=False)
+        wait = self.settings.retry_after
+        if kind == HTTP_429 and api == "messages":
+            limited = AppError(
+                429,
+                "This request would exceed the rate limit for your organization of 50 "
+                "requests per minute. Please reduce the request rate, or try again later.",
+                "rate_limit_error",
+                headers={"retry-after": str(math.ceil(wait))},
+            )
+            return _error_response(limited, api)
         if kind == HTTP_429:
-            wait = self.settings.retry_after
             limited = AppError(
                 429,
                 f"Rate limit reached for requests. Please try again in {wait:g}s.",
@@ -408,9 +492,9 @@ class ChaosProxy:
                     "retry-after-ms": str(round(wait * 1000)),
                 },
             )
-            return _error_response(limited)
-        errors = {HTTP_500: SERVER_ERROR, HTTP_503: OVERLOADED, HTTP_400: PREFILL_REFUSED}
-        return _error_response(errors[kind])
+            return _error_response(limited, api)
+        errors = _ANTHROPIC_REFUSALS if api == "messages" else _OPENAI_REFUSALS
+        return _error_response(errors[kind], api)
 
     async def _relay(
         self,
@@ -418,6 +502,7 @@ class ChaosProxy:
         body: bytes,
         decision: ChaosDecision | None,
         outcome: _Outcome,
+        api: Api | None,
     ) -> web.StreamResponse:
         """Forward one request and its response, inflicting a mid-stream decision if any.
 
@@ -444,16 +529,17 @@ class ChaosProxy:
             self.stats.upstream_errors += 1
             message = f"chaos proxy could not reach the upstream: {type(error).__name__}"
             outcome.note = message
-            return _error_response(AppError(502, message, "upstream_error"))
+            return _error_response(AppError(502, message, "upstream_error"), api)
         try:
             if decision is None or not faulted:
                 return await self._pass_through(request, upstream)
             if upstream.status != 200:
                 outcome.note = f"upstream answered {upstream.status}"
                 return await self._pass_through(request, upstream)
+            assert api is not None  # a decision is only made for an API's request
             if "text/event-stream" in upstream.headers.get("Content-Type", ""):
-                return await self._stream_with_fault(request, upstream, decision, outcome)
-            return await self._whole_with_fault(request, upstream, decision, outcome)
+                return await self._stream_with_fault(request, upstream, decision, outcome, api)
+            return await self._whole_with_fault(request, upstream, decision, outcome, api)
         except _ClientGone:
             self.stats.client_disconnects += 1
             if not outcome.struck:
@@ -491,6 +577,7 @@ class ChaosProxy:
         upstream: aiohttp.ClientResponse,
         decision: ChaosDecision,
         outcome: _Outcome,
+        api: Api,
     ) -> web.StreamResponse:
         """Forward events until the decision's position, then strike."""
         assert decision.position is not None
@@ -499,19 +586,23 @@ class ChaosProxy:
         framer = EventFramer(self.settings.max_event_bytes)
         counted = 0
         finished = False
+        last_seq: int | None = None  # a Responses stream's last sequence_number forwarded
         try:
             async for chunk in upstream.content.iter_any():
                 ready: list[bytes] = []
                 for event in framer.feed(chunk):
-                    role = event_role(event)
+                    role = event_role(event, api)
                     if _strikes_before(decision.position, role, counted, finished):
                         await _write(response, b"".join(ready))
                         upstream.close()  # the upstream stops generating for nobody
                         self._struck(decision, outcome, counted)
-                        return await self._strike(request, response, decision.kind)
+                        error = _error_event(api, last_seq)
+                        return await self._strike(request, response, decision.kind, error)
                     ready.append(event)
                     counted += role is EventRole.CONTENT
                     finished = finished or role is EventRole.FINISH
+                    seq = sequence_number(event) if api == "responses" else None
+                    last_seq = last_seq if seq is None else seq
                 await _write(response, b"".join(ready))
         except (aiohttp.ClientError, TimeoutError, SSEProtocolError):
             outcome.note = "the upstream stream broke first"
@@ -519,10 +610,11 @@ class ChaosProxy:
         # The upstream ended before the fault's position: strike at the end.
         await _write(response, framer.rest())
         self._struck(decision, outcome, counted)
-        return await self._strike(request, response, decision.kind)
+        error = _error_event(api, last_seq)
+        return await self._strike(request, response, decision.kind, error)
 
     async def _strike(
-        self, request: web.Request, response: web.StreamResponse, kind: str
+        self, request: web.Request, response: web.StreamResponse, kind: str, error_event: bytes
     ) -> web.StreamResponse:
         if kind == RESET:
             return _drop_connection(request, reset=True)
@@ -530,7 +622,7 @@ class ChaosProxy:
             await asyncio.sleep(self.settings.stall_max)
             return _drop_connection(request, reset=False)
         if kind == ERROR_EVENT:
-            await _write(response, SERVER_ERROR.sse_event())
+            await _write(response, error_event)
         elif kind != TRUNCATE:
             raise AssertionError(f"not a mid-stream fault: {kind}")
         await _write_eof(response)
@@ -542,9 +634,11 @@ class ChaosProxy:
         upstream: aiohttp.ClientResponse,
         decision: ChaosDecision,
         outcome: _Outcome,
+        api: Api,
     ) -> web.StreamResponse:
         """A non-streamed response meets a mid-stream fault the way its client would see one:
-        reset and stall before any byte, error_event as HTTP 500, truncate as a short body."""
+        reset and stall before any byte, error_event as HTTP 500 (Messages: 529
+        overloaded_error), truncate as a short body."""
         try:
             payload = await _read_bounded(upstream, self.settings.max_body_bytes)
         except (aiohttp.ClientError, TimeoutError):
@@ -559,7 +653,7 @@ class ChaosProxy:
             await asyncio.sleep(self.settings.stall_max)
             return _drop_connection(request, reset=False)
         if decision.kind == ERROR_EVENT:
-            return _error_response(SERVER_ERROR)
+            return _error_response(ANTHROPIC_OVERLOADED if api == "messages" else SERVER_ERROR, api)
         response = self._response_for(upstream)
         response.content_length = len(payload)
         await _prepare(response, request)
@@ -591,13 +685,36 @@ def _bad_request(message: str) -> AppError:
     return AppError(400, message, "invalid_request_error", code="chaos_proxy")
 
 
-def _error_response(error: AppError) -> web.Response:
+def _error_response(error: AppError, api: Api | None = None) -> web.Response:
+    """`error` in its API's shape: OpenAI's {"error": {...}}, or for Messages Anthropic's
+    {"type": "error", "error": {"type", "message"}}."""
+    body = error.body()
+    if api == "messages":
+        kind = error.type if error.type in _ANTHROPIC_TYPES else "api_error"
+        body = orjson.dumps({"type": "error", "error": {"type": kind, "message": error.message}})
     return web.Response(
-        body=error.body(),
+        body=body,
         status=error.status,
         headers=dict(error.headers),
         content_type="application/json",
     )
+
+
+def _error_event(api: Api, last_seq: int | None) -> bytes:
+    """What error_event writes on a stream of `api`."""
+    if api == "messages":
+        return ANTHROPIC_ERROR_EVENT
+    if api == "chat":
+        return SERVER_ERROR.sse_event()
+    event: dict[str, Any] = {
+        "type": "error",
+        "code": SERVER_ERROR.type,
+        "message": SERVER_ERROR.message,
+        "param": None,
+    }
+    if last_seq is not None:
+        event["sequence_number"] = last_seq + 1
+    return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
 def _drop_connection(request: web.Request, *, reset: bool) -> web.StreamResponse:

@@ -96,6 +96,22 @@ def _first_sentence(text: str, ended: bool) -> tuple[str, bool]:
     return text, ended
 
 
+def _glued_sentence(partial: str, sentence: str) -> bool:
+    """A prose sentence ("The sky is blue.") right after a whole lowercase word of prose
+    ("perception of"): a new text, never the rest of the partial's word. Code (an open
+    fence) may split an identifier there ("my" + "Variable = 1")."""
+    word = partial[len(partial.rstrip("abcdefghijklmnopqrstuvwxyz")) :]
+    head = sentence.split(maxsplit=1)[0] if sentence.strip() else ""
+    return (
+        len(word) >= 2
+        and partial[-len(word) - 1 : -len(word)].isspace()
+        and head.replace("'", "").isalpha()
+        and len(sentence.split()) >= 2
+        and (sentence.rstrip()[-1:] in ".!?" or sum(w.isalpha() for w in sentence.split()) >= 4)
+        and partial.count("```") % 2 == 0
+    )
+
+
 def _lead(text: str, ended: bool) -> tuple[str, bool]:
     """The first sentences of `text` on its first line, enough for four units, and whether
     they are known to be complete."""
@@ -427,7 +443,11 @@ class ContinuationSplicer:
             # echo only if the continuation's word ends with it.
             if _unspaced(last):
                 return len(core) >= 2
-            return not _word(after) if _word(last) else after.isspace()
+            if _word(last):
+                return not _word(after)
+            # A symbol-ended partial with a word in it ("1. **"): its echo runs straight
+            # into the next word ("1. **Code"); text going on from it never restates it.
+            return after.isspace() or (_word(after) and self._last_alnum >= 0)
         if after is None:
             return True
         text = core[repeat.start :]
@@ -631,6 +651,7 @@ class ContinuationSplicer:
             and (
                 last in _GLUE_PUNCTUATION
                 or (last.islower() and sentence[-1] in ".!?" and len(sentence.split()) <= 3)
+                or (last.islower() and _glued_sentence(self._core, sentence))
             )
         ):
             # "corner.Certainly." or "painterSure!": a new text glued where the partial

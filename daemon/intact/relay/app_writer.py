@@ -1,8 +1,7 @@
-"""The app side of a stream: a bounded buffer and the one task that writes it to the socket.
+"""The app side of a stream: a bounded buffer, written to the socket without blocking the relay.
 
 The relay never blocks on the app's socket. It appends frames to this buffer and, once per
-upstream read, waits only while the buffer is over ``server.max_app_buffer_bytes``; a writer
-task owned by this object drains the buffer into the socket, one write per batch. So:
+upstream read, waits only while the buffer is over ``server.max_app_buffer_bytes``. So:
 
 - a slow app pauses the upstream read (TCP backpressure) instead of looking like upstream
   silence: the upstream's clocks only run while intact waits for the upstream;
@@ -11,6 +10,15 @@ task owned by this object drains the buffer into the socket, one write per batch
   the connection then lingers for ``server.slow_app_linger`` so the app can still read it;
 - a write that fails because the app went away raises ``AppGone``, which is never an
   upstream failure.
+
+How the buffer reaches the socket: one write per upstream read, the read's frames joined.
+While the app keeps up, that write is made right away (by ``room``, which the relay calls
+once per read, or on the loop's next turn for frames queued without a ``room`` after them):
+aiohttp's write does not wait for the app unless it drains, which it does once every 64 KiB
+written, so a write that will not drain is handed to the transport at once, with no task
+switch. A write that will drain, and the end of the response, are made by a writer task,
+started when one is needed and gone when the buffer is empty (an open stream costs no task
+while it waits for its upstream).
 
 Only the writer task awaits aiohttp's drain, and nothing cancels it while it does (a cancelled
 drain leaves aiohttp's shared drain waiter cancelled, and every later write on the connection
@@ -22,11 +30,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
+import weakref
+from typing import Any
 
 from aiohttp import web
 
 _BATCH_BYTES = 64 * 1024  # frames joined into one socket write, at most about this much
+_DRAIN_EVERY = 0x10000  # aiohttp's StreamWriter.write drains once this much was written
+_CHUNK_FRAMING = 16  # what chunked transfer encoding adds to a write, at most
 _FLUSH_POLL = 0.05  # seconds between looks at a lingering connection's send buffer
 
 
@@ -38,8 +49,43 @@ class AppTooSlow(Exception):
     """The app stopped reading for longer than server.app_write_timeout."""
 
 
+class _Kicks:
+    """Writers with frames queued in this turn of the loop: one callback on the next turn
+    writes those that no ``room`` wrote meanwhile (a callback per writer per read would
+    cost more than the write it guards)."""
+
+    __slots__ = ("loop", "pending", "scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: list[AppWriter] = []
+        self.scheduled = False
+
+    def add(self, writer: AppWriter) -> None:
+        self.pending.append(writer)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.run)
+
+    def run(self) -> None:
+        self.scheduled = False
+        pending, self.pending = self.pending, []
+        for writer in pending:
+            writer._kick()
+
+
+_KICKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Kicks] = weakref.WeakKeyDictionary()
+
+
+def _kicks(loop: asyncio.AbstractEventLoop) -> _Kicks:
+    kicks = _KICKS.get(loop)
+    if kicks is None:
+        kicks = _KICKS[loop] = _Kicks(loop)
+    return kicks
+
+
 class AppWriter:
-    """Owns the app connection's writes: a bounded queue and its writer task."""
+    """Owns the app connection's writes: a bounded queue, written without blocking."""
 
     __slots__ = (
         "_abandoned",
@@ -48,18 +94,22 @@ class AppWriter:
         "_failure",
         "_frames",
         "_idle",
+        "_kick_due",
+        "_kicks",
         "_limit",
         "_linger",
         "_loop",
+        "_payload",
         "_progress",
-        "_progressed",
         "_queued",
-        "_ready",
         "_request",
         "_response",
         "_seen_buffer",
         "_task",
         "_timeout",
+        "_transport",
+        "_waiter",
+        "_writing",
     )
 
     def __init__(
@@ -72,24 +122,30 @@ class AppWriter:
         linger: float,
     ) -> None:
         self._request = request
+        self._transport = request.transport  # looked up once (a closed one holds no bytes)
         self._response = response
+        # aiohttp's payload writer, for writes made at once (None: the writer task makes all).
+        self._payload: Any = getattr(response, "_payload_writer", None)
         self._limit = max_buffer_bytes
         self._timeout = write_timeout
         self._linger = linger
         self._loop = asyncio.get_running_loop()
-        self._frames: deque[bytes] = deque()
+        self._kicks = _kicks(self._loop)
+        # Plain lists and a future made only while someone waits: an open stream holds a
+        # few hundred bytes here, not a deque and three Events (~3 KB).
+        self._frames: list[bytes] = []
         self._queued = 0  # bytes in _frames plus the batch being written
-        self._ready = asyncio.Event()  # frames (or the end) are waiting for the writer
-        self._progressed = asyncio.Event()  # the writer finished a write (set, then cleared)
-        self._idle = asyncio.Event()  # nothing queued or in flight
-        self._idle.set()
+        self._idle = True  # nothing queued or in flight
+        self._writing = False  # the writer task is in a write (or writing the end)
+        self._kick_due = False  # a write on the loop's next turn is scheduled
+        self._waiter: asyncio.Future[None] | None = None  # resolved by any progress
+        self._task: asyncio.Task[None] | None = None  # the writer task, while one is needed
         self._progress = self._loop.time()
         self._seen_buffer = 0  # the transport's send-buffer size at the last look
         self._failure: BaseException | None = None
         self._eof = False  # the end of the response is requested
         self._eof_started = False  # the writer is writing the end: nothing may follow
         self._abandoned = False
-        self._task = self._loop.create_task(self._run(), name="intact-app-writer")
 
     @property
     def buffered_bytes(self) -> int:
@@ -101,24 +157,110 @@ class AppWriter:
             raise AppGone() from self._failure
         if self._eof or self._abandoned:
             return
-        self._wake()
+        if self._idle:
+            self._wake()
         self._frames.append(frame)
         self._queued += len(frame)
-        self._ready.set()
+        if not self._kick_due:
+            # Written by ``room`` if one follows this turn of the loop, else by _kick.
+            self._kick_due = True
+            self._kicks.add(self)
+
+    def put_many(self, frames: list[bytes]) -> None:
+        """``put`` for several frames at once (one upstream read's)."""
+        if self._failure is not None:
+            raise AppGone() from self._failure
+        if self._eof or self._abandoned or not frames:
+            return
+        if self._idle:
+            self._wake()
+        self._frames.extend(frames)
+        self._queued += sum(map(len, frames))
+        if not self._kick_due:
+            self._kick_due = True
+            self._kicks.add(self)
 
     def _wake(self) -> None:
         """Bytes are about to wait for the app: its clock starts now if it had nothing
         pending (time without anything to write is not the app's slowness)."""
-        if self._idle.is_set():
+        if self._idle:
             self._progress = self._loop.time()
             self._seen_buffer = self._buffer_size()
-            self._idle.clear()
+            self._idle = False
+
+    def _kick(self) -> None:
+        self._kick_due = False
+        if self._frames:
+            self._flush()
+
+    def _writer_busy(self) -> bool:
+        task = self._task
+        return task is not None and not task.done()
+
+    def _start_writer(self) -> None:
+        if not self._writer_busy():
+            self._task = self._loop.create_task(self._run(), name="intact-app-writer")
+
+    def _flush(self) -> None:
+        """Write what is queued now if the write cannot wait for the app (see the module
+        docstring); else leave it to the writer task."""
+        if (
+            not self._frames
+            or self._eof
+            or self._abandoned
+            or self._failure is not None
+            or self._writer_busy()  # it takes what is queued when its write returns
+        ):
+            return
+        payload = self._payload
+        batch = self._next_batch()
+        if payload is None or payload.buffer_size + len(batch) + _CHUNK_FRAMING > _DRAIN_EVERY:
+            self._frames.insert(0, batch)  # this write drains: the writer task's job
+            self._start_writer()
+            return
+        coro = payload.write(batch, drain=False)
+        try:
+            coro.send(None)
+        except StopIteration:
+            pass  # written: without a drain, aiohttp's write never waits
+        except Exception as exc:  # ConnectionResetError, ClientConnectionResetError, ...
+            self._failure = exc
+            self._set_idle()
+            return
+        else:  # cannot happen without compression, which these responses do not use
+            coro.close()
+            self._payload = None
+            self._frames.insert(0, batch)
+            self._start_writer()
+            return
+        self._queued -= len(batch)
+        self._progress = self._loop.time()
+        self._seen_buffer = self._buffer_size()
+        if self._frames:
+            self._start_writer()  # more than a batch was queued: the task writes the rest
+        else:
+            self._set_idle()
+
+    def _notify(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _set_idle(self) -> None:
+        self._idle = True
+        self._notify()
 
     async def room(self) -> None:
         """Wait while the buffer is over its bound; AppTooSlow if the app makes no progress
         for app_write_timeout, AppGone if it left."""
+        if self._frames:
+            self._flush()
+        if self._failure is not None:
+            raise AppGone() from self._failure
         while self._queued > self._limit:
-            await self._await_progress(self._progressed)
+            await self._await_progress()
 
     async def close(self, final: bytes = b"") -> None:
         """Send ``final`` after what is queued and end the response, within the bounds."""
@@ -126,13 +268,16 @@ class AppWriter:
             return
         if final:
             self.put(final)
+        elif self._failure is not None:
+            raise AppGone() from self._failure
         self._wake()
         self._eof = True
-        self._ready.set()
-        while not self._idle.is_set():
-            await self._await_progress(self._idle)
+        self._start_writer()
+        while not self._idle:
+            await self._await_progress()
 
-    async def _await_progress(self, event: asyncio.Event) -> None:
+    async def _await_progress(self) -> None:
+        """Wait for the writer's next step (a write done, the end written, a failure)."""
         if self._failure is not None:
             raise AppGone() from self._failure
         remaining = self._progress + self._timeout - self._loop.time()
@@ -140,13 +285,16 @@ class AppWriter:
             if not self._app_read_meanwhile():
                 raise AppTooSlow()
             remaining = self._timeout
+        waiter = self._waiter
+        if waiter is None or waiter.done():  # (a timed-out wait cancels its future)
+            waiter = self._waiter = self._loop.create_future()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), remaining)
+            await asyncio.wait_for(waiter, remaining)
         if self._failure is not None:
             raise AppGone() from self._failure
 
     def _buffer_size(self) -> int:
-        transport = self._request.transport
+        transport = self._transport
         return transport.get_write_buffer_size() if transport is not None else 0
 
     def _app_read_meanwhile(self) -> bool:
@@ -164,51 +312,53 @@ class AppWriter:
         """Queued frames joined into one write, up to about _BATCH_BYTES."""
         frames = self._frames
         if len(frames) == 1:
-            return frames.popleft()
-        take: list[bytes] = []
+            self._frames = []
+            return frames[0]
         size = 0
-        while frames and size < _BATCH_BYTES:
-            frame = frames.popleft()
-            take.append(frame)
+        n = 0
+        for frame in frames:
             size += len(frame)
+            n += 1
+            if size >= _BATCH_BYTES:
+                break
+        if n == len(frames):
+            self._frames = []
+            return b"".join(frames)
+        take = frames[:n]
+        del frames[:n]
         return b"".join(take)
 
     def _given_up(self) -> bool:
         return self._abandoned
 
     async def _run(self) -> None:
+        """The writer task: what is queued, then the end if requested; it returns when
+        nothing is left to write."""
         resp = self._response
         try:
-            while True:
-                await self._ready.wait()
-                self._ready.clear()
-                if self._abandoned:
-                    return
-                if self._frames:
-                    batch = self._next_batch()
-                    await resp.write(batch)
-                    if self._given_up():
-                        return  # abandoned while this write waited for the app
-                    self._queued -= len(batch)
-                    self._progress = self._loop.time()
-                    self._seen_buffer = self._buffer_size()
-                    self._progressed.set()
-                    self._progressed.clear()
-                    if self._frames:
-                        self._ready.set()
-                        continue
-                if self._eof:
-                    self._eof_started = True
-                    await resp.write_eof()
-                    self._idle.set()
-                    return
-                self._idle.set()
+            while self._frames:
+                batch = self._next_batch()
+                self._writing = True
+                await resp.write(batch)
+                self._writing = False
+                if self._given_up():
+                    return  # abandoned while this write waited for the app
+                self._queued -= len(batch)
+                self._progress = self._loop.time()
+                self._seen_buffer = self._buffer_size()
+                self._notify()
+            if self._abandoned:
+                return
+            if self._eof:
+                self._eof_started = True
+                self._writing = True
+                await resp.write_eof()
+            self._set_idle()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # ConnectionResetError, ClientConnectionResetError, ...
             self._failure = exc
-            self._idle.set()
-            self._progressed.set()
+            self._set_idle()
 
     async def abandon(self, final: bytes, *, linger: float | None = None) -> None:
         """The app is too slow: drop what it has not taken, append ``final`` (an error
@@ -220,9 +370,9 @@ class AppWriter:
         self._abandoned = True
         self._frames.clear()
         writer = self._task
-        if not writer.done() and self._idle.is_set():
-            writer.cancel()  # waiting for frames, not in a drain: safe to cancel
-        self._ready.set()
+        if writer is not None and not writer.done() and not self._writing:
+            writer.cancel()  # started but not in a write (so not in a drain): safe to cancel
+        self._notify()
         transport = self._request.transport
         if transport is None or transport.is_closing():
             return
@@ -235,7 +385,7 @@ class AppWriter:
         done, _ = await asyncio.wait({ending}, timeout=self._linger if linger is None else linger)
         if not done:
             transport.abort()  # wakes the blocked drains with a connection error
-        await asyncio.gather(ending, writer, return_exceptions=True)
+        await asyncio.gather(ending, *([writer] if writer else []), return_exceptions=True)
 
     async def _end(self, final: bytes) -> None:
         if final:
@@ -252,5 +402,7 @@ class AppWriter:
     async def cancel(self) -> None:
         """The request is over without an orderly end (the app left): stop the writer."""
         self._abandoned = True
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        writer = self._task
+        if writer is not None:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)

@@ -39,6 +39,7 @@ from intact.config import RecoveryConfig
 from intact.recovery.resume import json_response_format, resume_request
 from intact.recovery.splice import ContinuationDiverged, ContinuationSplicer, SpliceLimits
 from intact.relay.sinks import AppSink
+from intact.relay.text_answer import ReceivedText, check_added_text
 from intact.relay.usage import AttemptTokens, recovered_usage
 from intact.resilience import classify
 from intact.upstream.client import UpstreamCall
@@ -112,34 +113,6 @@ class _PendingCall:
 
     def complete(self) -> ToolCall:
         return ToolCall(self.index, self.id, self.type, self.name, "".join(self.args))
-
-
-class ReceivedText:
-    """Text received piece by piece, joined only when it is read."""
-
-    __slots__ = ("chars", "parts", "ws_tail")
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.chars = 0
-        # Pieces (tokens) that end in whitespace at the end of the text: what a prefill that
-        # strips trailing whitespace makes the model generate again.
-        self.ws_tail = 0
-
-    def add(self, text: str) -> None:
-        if not text:
-            return
-        self.parts.append(text)
-        self.chars += len(text)
-        if text.isspace():
-            self.ws_tail += 1
-        else:
-            self.ws_tail = 1 if text[-1].isspace() else 0
-
-    def value(self) -> str:
-        if len(self.parts) > 1:
-            self.parts = ["".join(self.parts)]
-        return self.parts[0] if self.parts else ""
 
 
 class Delivery:
@@ -528,6 +501,14 @@ class AttemptFilter:
         if not out and finish is None:
             return
         self._record(out, tokens=spliced if spliced is not None else 1)
+        if finish is not None and self.splicer is not None and not d.tool_calls:
+            check_added_text(
+                self.mode,
+                self.tokens_delivered,
+                d.answer_text(),
+                length_stop=finish == "length",
+                budget_left=not d.budget_spent(),
+            )
         if "role" in out:
             d.role_sent = True
         unchanged = not self.continuation and out == delta and "tool_calls" not in delta

@@ -34,7 +34,13 @@ from intact.config import ANTHROPIC_VERSION, RecoveryConfig
 from intact.errors import AppError, invalid_request
 from intact.relay.request import parse_relay_headers
 from intact.relay.sinks import AppLimits, AppSink, CompletionSink, SSESink, json_response
-from intact.relay.text_answer import SplicedText, TextAnswer, max_tokens_after, splice_mode
+from intact.relay.text_answer import (
+    SplicedText,
+    TextAnswer,
+    check_added_text,
+    max_tokens_after,
+    splice_mode,
+)
 from intact.resilience import classify
 from intact.upstream.client import UpstreamCall
 
@@ -376,8 +382,17 @@ class MessagesFeed:
             # Ending here would close the answer where it broke, as if it were whole.
             raise classify.diverged("the continuation only thought and gave no answer text")
         await self._finish_splice()
+        stop = str(delta.get("stop_reason") or "end_turn")
+        if self.spliced is not None:
+            check_added_text(
+                self.spliced.mode,
+                self.tokens_delivered,
+                self.a.content(),
+                length_stop=stop == "max_tokens",
+                budget_left=not self.a.budget_spent(),
+            )
         self._trailer = (obj, raw)
-        self.finish_reason = str(delta.get("stop_reason") or "end_turn")
+        self.finish_reason = stop
 
     async def on_stream_end(self) -> None:
         return None

@@ -37,7 +37,13 @@ from intact.config import RecoveryConfig
 from intact.errors import AppError, invalid_request
 from intact.relay.request import parse_relay_headers
 from intact.relay.sinks import AppLimits, AppSink, CompletionSink, SSESink, json_response
-from intact.relay.text_answer import SplicedText, TextAnswer, max_tokens_after, splice_mode
+from intact.relay.text_answer import (
+    SplicedText,
+    TextAnswer,
+    check_added_text,
+    max_tokens_after,
+    splice_mode,
+)
 from intact.resilience import classify
 from intact.upstream.client import UpstreamCall
 
@@ -176,6 +182,7 @@ class ResponsesAnswer(TextAnswer):
         # Set by next_call for the attempt it prepares (attempt() is called after it).
         self.calling: str | None = None
         self.reattaching = False
+        self.sent_limit: int | None = None  # the max_output_tokens of that call
 
     @property
     def started(self) -> bool:
@@ -236,6 +243,8 @@ class ResponsesAnswer(TextAnswer):
             query = f"stream=true&starting_after={self.seq}"
             return UpstreamCall(f"{RESPONSES_PATH}/{rid}", None, method="GET", query=query)
         body = {**base_body, "model": model}
+        limit = base_body.get("max_output_tokens")
+        self.sent_limit = limit if isinstance(limit, int) else None
         if self.started and self.text.chars:
             sent, generated = self.continuation_prompt(mode)
             turns = [_message("assistant", sent)]
@@ -247,7 +256,7 @@ class ResponsesAnswer(TextAnswer):
             body["store"] = False
             limit = max_tokens_after(base_body, "max_output_tokens", generated)
             if limit is not None:
-                body["max_output_tokens"] = max(limit, MIN_OUTPUT_TOKENS)
+                body["max_output_tokens"] = self.sent_limit = max(limit, MIN_OUTPUT_TOKENS)
         return UpstreamCall(RESPONSES_PATH, orjson.dumps(body))
 
     def attempt(self, mode: str = "instruct") -> ResponsesFeed:
@@ -337,6 +346,7 @@ class ResponsesFeed:
         self.tokens_delivered = 0
         self._usage: Mapping[str, Any] = {}
         self._capped = False  # the app's max_output_tokens reached inside a continuation
+        self._limit = answer.sent_limit
 
     @property
     def finished(self) -> bool:
@@ -458,6 +468,19 @@ class ResponsesFeed:
             if self._dropped_reasoning and not self.answer_generated:
                 raise classify.diverged("the continuation only reasoned and gave no answer text")
             await self._finish_splice()
+            response = obj.get("response") or {}
+            if self.spliced is not None:
+                usage = response.get("usage") or {}
+                details = response.get("incomplete_details") or {}
+                check_added_text(
+                    self.spliced.mode,
+                    self.tokens_delivered,
+                    a.content(),
+                    length_stop=kind == "response.incomplete"
+                    or details.get("reason") == "max_output_tokens"
+                    or _at_limit(usage, self._limit),
+                    budget_left=not a.budget_spent(),
+                )
             if self._capped:
                 details = {"reason": "max_output_tokens"}
                 response = {**(obj.get("response") or {}), "incomplete_details": details}
@@ -606,6 +629,12 @@ class ResponsesFeed:
 
     def token_counts(self) -> tuple[int | None, int | None]:
         return self._usage.get("input_tokens"), self._usage.get("output_tokens")
+
+
+def _at_limit(usage: Mapping[str, Any], limit: int | None) -> bool:
+    """The upstream generated all it was allowed (llama.cpp says "completed" there)."""
+    used = usage.get("output_tokens")
+    return limit is not None and isinstance(used, int) and used >= limit
 
 
 # -- sinks -------------------------------------------------------------------------------------

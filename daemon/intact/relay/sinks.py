@@ -118,7 +118,25 @@ class SSESink:
         writer.put(frame)
 
     async def send_chunk(self, chunk: Mapping[str, Any], raw: bytes | None) -> None:
-        await self._put(encode_data(raw if raw is not None else orjson.dumps(chunk)))
+        frame = encode_data(raw if raw is not None else orjson.dumps(chunk))
+        writer = self._writer
+        if writer is not None:
+            writer.put(frame)  # committed: no coroutine needed (this is the hot path)
+        else:
+            await self._put(frame)
+
+    async def send_raw_chunks(self, raws: list[bytes]) -> None:
+        """``send_chunk`` for several unchanged upstream chunks at once (one read's)."""
+        if not raws:
+            return
+        frames = [encode_data(raw) for raw in raws]
+        writer = self._writer
+        if writer is None:
+            await self._put(frames[0])
+            writer = self._writer
+            assert writer is not None
+            del frames[0]
+        writer.put_many(frames)
 
     async def send_comment(self, text: str) -> None:
         if self._writer is not None:

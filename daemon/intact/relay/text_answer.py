@@ -6,7 +6,7 @@ their text in different events, but the rules under the events are the same as f
 completions (``relay.delivery``): the partial answer is what a continuation extends, the
 splicer drops the start of the continuation that repeats it, and a chunk counts as one
 token. ``TextAnswer`` holds that state; ``SplicedText`` runs one continuation's text
-through the splicer.
+through the splicer. ``ReceivedText`` and ``check_added_text`` serve chat completions too.
 """
 
 from __future__ import annotations
@@ -16,13 +16,40 @@ from typing import Any
 
 from intact.config import RecoveryConfig
 from intact.recovery.splice import ContinuationDiverged, ContinuationSplicer, SpliceLimits
-from intact.relay.delivery import ReceivedText
 from intact.relay.sinks import AppSink
 from intact.resilience import classify
 
 # Modes whose continuation carries the partial text; "prefix" has no meaning outside chat
 # completions and is served as "prefill" (the partial as the final assistant turn).
 SPLICE_MODES = frozenset({"prefill", "prefix", "instruct"})
+
+
+class ReceivedText:
+    """Text received piece by piece, joined only when it is read."""
+
+    __slots__ = ("chars", "parts", "ws_tail")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.chars = 0
+        # Pieces (tokens) that end in whitespace at the end of the text: what a prefill that
+        # strips trailing whitespace makes the model generate again.
+        self.ws_tail = 0
+
+    def add(self, text: str) -> None:
+        if not text:
+            return
+        self.parts.append(text)
+        self.chars += len(text)
+        if text.isspace():
+            self.ws_tail += 1
+        else:
+            self.ws_tail = 1 if text[-1].isspace() else 0
+
+    def value(self) -> str:
+        if len(self.parts) > 1:
+            self.parts = ["".join(self.parts)]
+        return self.parts[0] if self.parts else ""
 
 
 def splice_mode(mode: str) -> str:
@@ -94,10 +121,11 @@ class TextAnswer:
 class SplicedText:
     """One continuation's text, spliced onto the partial answer the app has."""
 
-    __slots__ = ("_held_pieces", "dropped_pieces", "splicer")
+    __slots__ = ("_held_pieces", "dropped_pieces", "mode", "splicer")
 
     def __init__(self, answer: TextAnswer, mode: str) -> None:
-        self.splicer = ContinuationSplicer(answer.content(), answer.limits, mode=splice_mode(mode))
+        self.mode = splice_mode(mode)
+        self.splicer = ContinuationSplicer(answer.content(), answer.limits, mode=self.mode)
         self._held_pieces: list[int] = []  # lengths of the pieces held back
         self.dropped_pieces = 0  # pieces wholly inside the dropped repeat
 
@@ -150,3 +178,34 @@ def max_tokens_after(body: Mapping[str, Any], key: str, generated: int) -> int |
     if isinstance(limit, int) and not isinstance(limit, bool) and generated:
         return max(1, limit - generated)
     return None
+
+
+# How a finished text may end: a sentence, a clause in brackets or quotes, markup, a line.
+_FINISHED_ENDS = tuple(".!?。！？…)]}\"'`*>|")
+
+
+def looks_finished(partial: str) -> bool:
+    """Whether the partial answer ends where a whole answer could (a sentence's end, a
+    closing fence or bracket, a line), not inside a sentence ("…the dance of")."""
+    end = partial.rstrip(" \t")
+    return not end or end.endswith("\n") or end.endswith(_FINISHED_ENDS)
+
+
+def check_added_text(
+    mode: str, new_tokens: int, partial: str, *, length_stop: bool, budget_left: bool
+) -> None:
+    """A continuation that ends without adding a token to the answer. At a length limit the
+    app's budget has not reached, it spent its tokens restating; in ``instruct``, after a
+    partial that stops inside a sentence, the model restated the partial and stopped (seen on
+    a real model). Ending there would close the answer where it broke, as if whole: raise a
+    divergence instead (retried, then an explicit error). After a partial that looks
+    finished, or a prefill whose echo is all it sends, the partial was the whole answer and
+    only its ending was lost: that ends cleanly."""
+    if new_tokens:
+        return
+    if length_stop and budget_left:
+        raise classify.diverged("the continuation spent its tokens restating the partial answer")
+    if splice_mode(mode) == "instruct" and not looks_finished(partial):
+        raise classify.diverged(
+            "the continuation only restated the partial answer, which stops mid-sentence"
+        )
