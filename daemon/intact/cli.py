@@ -94,8 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     chaos = sub.add_parser(
         "chaos-proxy",
         help="put the simulator's named faults in front of any OpenAI-compatible server",
-        description="Forward every request to --upstream byte for byte and break chat and "
-        "text completions on purpose (header x-chaos-fault: KIND[@N] scripts one request; "
+        description="Forward every request to --upstream byte for byte and break chat "
+        "completions, text completions, Anthropic Messages and OpenAI Responses streams on "
+        "purpose (header x-chaos-fault: KIND[@N] scripts one request; "
         "GET /chaos/stats counts faults; POST /chaos/faults scripts the next requests).",
     )
     chaos.add_argument(
@@ -120,7 +121,8 @@ def _parser() -> argparse.ArgumentParser:
         "--max-position",
         type=int,
         default=64,
-        help="mid-stream faults strike after 0..N content chunks (clamped to the last)",
+        help="mid-stream faults strike after 0..N content chunks (Messages and Responses: SSE "
+        "events; clamped to the last)",
     )
     chaos.add_argument(
         "--retry-after", type=float, default=1.0, help="Retry-After seconds of http_429 faults"
