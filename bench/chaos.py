@@ -2,8 +2,10 @@
 
     python bench/chaos.py [--streams 1000 --concurrency 50 --first-fault-rate 0.2
                            --continuation-fault-rate 0.1 --max-attempts 6 --seed 7
-                           --text-style mixed --resume-mode prefill]
+                           --text-style mixed --resume-mode prefill --api chat]
     make chaos ARGS="--text-style mixed --resume-mode instruct"
+    make chaos ARGS="--api responses --background-fraction 0.3 --show-recovered 1"
+    make chaos ARGS="--api all"
 
 The simulated upstream faults 20% of first attempts and 10% of continuations with every
 fault kind, and intact sits in front of it with 6 attempts per request, resuming in the
@@ -14,6 +16,15 @@ instruct continuation repeats the tail of the partial text in 20% of resumes (th
 words, CJK characters or line of code, with whitespace variation), starts over in 5% and
 starts over reworded in 5%. The app's text is judged against the uninterrupted answer the
 simulator publishes for the same request (`SimulatedUpstream.expected_answer`), per style.
+`--api` picks the API the app speaks: chat completions (the default) and OpenAI Responses
+through the openai SDK, Anthropic Messages through the anthropic SDK, or all three one after
+another; the same conversations go over each and are judged against that API's expected
+answer (`messages_api.expected`, `responses_api.expected`). `--background-fraction` sends
+that share of streaming Responses requests in background mode, so a broken stream is
+reattached (`GET /v1/responses/{id}?starting_after=N`) rather than continued.
+`--show-recovered N` prints, per kind of recovery, N streams that broke upstream and reached
+the app whole, as the SDK handed them over (events trimmed around the seam).
+
 Passes when >= 99.5% are byte-exact, none is silently truncated or garbled, and every other
 stream ended with an explicit error. The first anomalies of each style are printed with the
 simulator's record of each attempt: they are bugs.
@@ -33,9 +44,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from intact.config import Config, build_config
 from intact.daemon import running_daemon
 from intact.demo.loadgen import (
+    APIS,
     TRANSPORT_ERRORS,
     Conversation,
     ConversationMix,
@@ -44,6 +58,8 @@ from intact.demo.loadgen import (
     LoadStats,
     RequestResult,
     Verdict,
+    answer_of_message,
+    answer_of_response,
     judge,
 )
 from intact.demo.outcomes import RelayOutcomes
@@ -51,6 +67,7 @@ from intact.simulator import (
     ALL_FAULT_KINDS,
     STYLES,
     TEXT_STYLES,
+    ExpectedAnswer,
     SimulatedUpstream,
     SimulatorSettings,
     SimulatorStats,
@@ -65,6 +82,9 @@ BREAKER_OFF = {"minimum_calls": 1_000_000}
 RESUME_MODES = ("prefill", "prefix", "instruct")
 TOOLS_LABEL = "tools"
 """Requests answered with tool calls, whatever their style."""
+API_CHOICES = (*APIS, "all")
+SIMULATOR_APIS = list(APIS)
+"""The simulator speaks every API: the upstream is configured to serve all three."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,6 +119,15 @@ class ChaosOptions:
     log_level: str = "error"
     breaker: str = "default"
     """"off": the breaker never opens (BREAKER_OFF); "default": the daemon's defaults."""
+    api: str = "chat"
+    """The API the app speaks (one of APIS), or "all": each in turn (see `main`)."""
+    background_fraction: float = 0.0
+    """Responses: the share of streaming requests sent in background mode."""
+    show_recovered: int = 0
+    """Streams to print, per recovery kind, that broke upstream and reached the app whole."""
+
+    def apis(self) -> tuple[str, ...]:
+        return APIS if self.api == "all" else (self.api,)
 
     def simulator(self) -> SimulatorSettings:
         return SimulatorSettings(
@@ -128,6 +157,10 @@ class ChaosOptions:
             raise ValueError(f"--text-style must be one of {', '.join(STYLES)}")
         if self.resume_mode not in RESUME_MODES:
             raise ValueError(f"--resume-mode must be one of {', '.join(RESUME_MODES)}")
+        if self.api not in API_CHOICES:
+            raise ValueError(f"--api must be one of {', '.join(API_CHOICES)}")
+        if not 0.0 <= self.background_fraction <= 1.0:
+            raise ValueError("--background-fraction must be between 0 and 1")
         self.simulator()
 
     def daemon(self, upstream_url: str, socket_path: str) -> Config:
@@ -146,7 +179,12 @@ class ChaosOptions:
                 "breaker": BREAKER_OFF if self.breaker == "off" else {},
                 "telemetry": {"log_level": self.log_level},
                 "upstreams": [
-                    {"name": UPSTREAM_NAME, "base_url": upstream_url, "resume": self.resume_mode}
+                    {
+                        "name": UPSTREAM_NAME,
+                        "base_url": upstream_url,
+                        "resume": self.resume_mode,
+                        "apis": SIMULATOR_APIS,
+                    }
                 ],
             }
         )
@@ -180,11 +218,26 @@ class ChaosReport:
     recovered_exact: int = 0
     """Requests the relay saw interrupted that the app nevertheless got byte-exact."""
     notes: list[str] = field(default_factory=list)
+    api: str = "chat"
+    background: int = 0
+    """Responses requests sent in background mode."""
+    reattached: int = 0
+    """Background requests whose stream was reattached at least once (simulator's log)."""
+    reattached_exact: int = 0
+    reattach_requests: int = 0
+    """GET /v1/responses/{id}?stream=true requests the simulator served (reattach attempts)."""
+    samples: list[RecoveredSample] = field(default_factory=list)
 
     @property
     def exact_pct(self) -> float:
         done = self.stats.done
         return 100.0 * self.stats.exact / done if done else 0.0
+
+    @property
+    def upstream_attempts(self) -> int:
+        if self.api == "chat":
+            return self.simulator.chat_requests
+        return self.simulator.requests_by_api[self.api]
 
     @property
     def unjudged(self) -> int:
@@ -219,41 +272,120 @@ class ChaosReport:
         return all(ok for _, ok, _ in self.checks())
 
 
-def _attempt_log(sim: SimulatedUpstream, request_id: str) -> list[str]:
-    """The simulator's record of every attempt of one conversation (newest 1000 kept)."""
-    tag = f"(conversation {request_id})"
-    lines = []
-    for number, record in enumerate(
-        (r for r in sim.stats.recent_requests if _mentions(r.body, tag)), start=1
-    ):
-        line = f"attempt {number}: {record.kind} fault={record.fault or 'none'}"
-        messages = record.body.get("messages") or []
-        partial = next(
-            (m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "assistant"),
-            None,
+@dataclass(frozen=True)
+class Attempt:
+    """One upstream attempt of a conversation, as the simulator recorded it."""
+
+    kind: str
+    """normal, prefill, prefix, instruct, or reattach (Responses background)."""
+    fault: str | None
+    partial: str | None = None
+    """A continuation's partial answer (the assistant turn intact sent)."""
+    starting_after: int | None = None
+    """A reattach's starting_after."""
+
+    def describe(self, number: int) -> str:
+        line = f"attempt {number}: {self.kind} fault={self.fault or 'none'}"
+        if self.partial is not None:
+            line += f" partial={len(self.partial)} chars ending {self.partial[-40:]!r}"
+        if self.starting_after is not None:
+            line += f" starting_after={self.starting_after}"
+        return line
+
+
+def attempts_of(
+    sim: SimulatedUpstream, conversation: Conversation, response_id: str | None = None
+) -> list[Attempt]:
+    """The simulator's record of every attempt of one conversation (newest 1000 kept):
+    the requests whose body carries its tag, and the reattaches to `response_id`."""
+    tag = f"(conversation {conversation.request_id})"
+    attempts = []
+    for record in sim.stats.recent_requests:
+        body = record.body
+        if record.kind == "reattach":
+            if response_id is None or body.get("response_id") != response_id:
+                continue
+            after = body.get("starting_after")
+            attempts.append(
+                Attempt("reattach", record.fault, None, after if isinstance(after, int) else None)
+            )
+        elif _mentions(body, tag):
+            partial = _partial(body) if record.kind != "normal" else None
+            attempts.append(Attempt(record.kind, record.fault, partial))
+    return attempts
+
+
+def _attempt_log(
+    sim: SimulatedUpstream, conversation: Conversation, response_id: str | None = None
+) -> list[str]:
+    return [
+        attempt.describe(number)
+        for number, attempt in enumerate(attempts_of(sim, conversation, response_id), start=1)
+    ]
+
+
+def _turns(body: Any) -> list[Any]:
+    """The turns of a request body: chat/Messages `messages`, Responses `input` items."""
+    turns = body.get("messages")
+    if turns is None:
+        turns = body.get("input")
+    if isinstance(turns, str):
+        return [{"role": "user", "content": turns}]
+    return turns if isinstance(turns, list) else []
+
+
+def _text(content: Any) -> str:
+    """A message's text: a string, or the text of its blocks / content parts."""
+    if isinstance(content, list):
+        return "".join(
+            str(part.get("text") or "")
+            for part in content
+            if isinstance(part, dict) and part.get("type") in ("text", "output_text", "input_text")
         )
-        if record.kind != "normal" and partial is not None:
-            text = str(partial.get("content") or "")
-            line += f" partial={len(text)} chars ending {text[-40:]!r}"
-        lines.append(line)
-    return lines
+    return str(content or "")
 
 
 def _mentions(body: Any, tag: str) -> bool:
-    for message in body.get("messages") or ():
-        if isinstance(message, dict) and tag in str(message.get("content") or ""):
+    for message in _turns(body):
+        if isinstance(message, dict) and tag in _text(message.get("content")):
             return True
     return False
 
 
+def _partial(body: Any) -> str | None:
+    """The assistant turn a continuation carries (the last one in the body)."""
+    for message in reversed(_turns(body)):
+        if isinstance(message, dict) and message.get("role") == "assistant":
+            return _text(message.get("content"))
+    return None
+
+
 def request_body(conversation: Conversation) -> dict[str, Any]:
-    """The chat request body the load generator sends for `conversation`."""
-    return {
-        "model": conversation.model,
-        "messages": list(conversation.messages),
-        "stream": conversation.stream,
-        **conversation.options(),
-    }
+    """The request body the load generator sends for `conversation`, in its API's shape."""
+    return conversation.body()
+
+
+def expected_for(sim: SimulatedUpstream, conversation: Conversation) -> ExpectedAnswer:
+    """The answer the simulator gives to `conversation`'s request uninterrupted, in the shape
+    `judge` compares."""
+    body = request_body(conversation)
+    if conversation.api == "messages":
+        return answer_of_message(sim.messages_api.expected(body))
+    if conversation.api == "responses":
+        return answer_of_response(sim.responses_api.expected(body))
+    return sim.expected_answer(body)
+
+
+@dataclass
+class RecoveredSample:
+    """A stream that broke upstream and reached the app byte-exact, as the SDK gave it."""
+
+    conversation: Conversation
+    recovery: str
+    """The kind of the attempt that recovered it: instruct, prefill, prefix or reattach."""
+    attempts: list[Attempt]
+    events: list[dict[str, Any]]
+    relay: str = ""
 
 
 async def run_chaos(opts: ChaosOptions, *, with_telemetry: bool = False) -> ChaosReport:
@@ -278,28 +410,40 @@ async def run_chaos(opts: ChaosOptions, *, with_telemetry: bool = False) -> Chao
 async def _run(
     opts: ChaosOptions, sim: SimulatedUpstream, config: Config, telemetry: Telemetry | None
 ) -> ChaosReport:
+    if opts.api not in APIS:
+        raise ValueError(f"run_chaos runs one API ({', '.join(APIS)}), not {opts.api!r}")
     outcomes = RelayOutcomes(telemetry, keep_summaries=max(5_000, opts.streams))
     # The load generator judges against the default (prose) answer; each request is judged
     # again here against the answer the simulator gives for the request's own style.
     overall = LoadStats(max_anomalies=0, seed=opts.seed)
     by_style: dict[str, StyleTally] = {}
+    samples: dict[str, list[RecoveredSample]] = {}
+    background = Counter[str]()
 
     def on_result(result: RequestResult) -> None:
-        expected = sim.expected_answer(request_body(result.conversation))
+        conversation, seen = result.conversation, result.observation
+        expected = expected_for(sim, conversation)
         label = TOOLS_LABEL if expected.tool_calls else expected.style or "prose"
-        judged = dataclasses.replace(
-            result, judgement=judge(expected, result.observation), anomaly=None
-        )
+        judged = dataclasses.replace(result, judgement=judge(expected, seen), anomaly=None)
         overall.record(judged)
         tally = by_style.setdefault(
             label, StyleTally(LoadStats(max_anomalies=opts.show_anomalies, seed=opts.seed))
         )
         anomaly = tally.stats.record(judged)
-        if judged.judgement.verdict is Verdict.EXACT:
-            tally.exact_ids.add(result.conversation.request_id)
+        exact = judged.judgement.verdict is Verdict.EXACT
+        if exact:
+            tally.exact_ids.add(conversation.request_id)
+        # Now, while the simulator still has this conversation's attempts in its log.
         if anomaly is not None:
-            # Now, while the simulator still has this conversation's attempts in its log.
-            anomaly.notes += _attempt_log(sim, result.conversation.request_id)
+            anomaly.notes += _attempt_log(sim, conversation, seen.response_id)
+        if conversation.background:
+            background["requests"] += 1
+            kinds = [a.kind for a in attempts_of(sim, conversation, seen.response_id)]
+            if "reattach" in kinds:
+                background["reattached"] += 1
+                background["reattached_exact"] += exact
+        if exact and seen.events and opts.show_recovered > 0:
+            _keep_sample(opts, sim, conversation, seen.events, seen.response_id, samples)
 
     async with running_daemon(config, telemetry=outcomes) as daemon:
         load = LoadGenerator(
@@ -312,9 +456,12 @@ async def _run(
                     non_stream_fraction=opts.non_stream_fraction,
                     tools_fraction=opts.tools_fraction,
                     models=opts.models(),
+                    api=opts.api,
+                    background_fraction=opts.background_fraction,
                 ),
                 request_timeout=60.0,
                 max_anomalies=0,
+                record_events=opts.show_recovered > 0,
             ),
             on_result=on_result,
         )
@@ -339,16 +486,86 @@ async def _run(
             if summary is not None and summary.interruptions:
                 tally.recovered_exact += 1
         recovered += tally.recovered_exact
+    kept = [sample for kind in sorted(samples) for sample in samples[kind]]
+    for sample in kept:
+        summary = outcomes.summary_for(sample.conversation.request_id)
+        if summary is not None:
+            kinds = ", ".join(k.value for k in summary.interruptions) or "none"
+            sample.relay = (
+                f"relay: outcome={summary.outcome.value} attempts={summary.attempts} "
+                f"resumes={summary.resumes} interruptions=[{kinds}]"
+            )
+    stats = sim.stats
     return ChaosReport(
         opts,
         overall,
         outcomes,
-        sim.stats,
+        stats,
         wall,
         by_style=by_style,
         issued=load.stats.issued,
         recovered_exact=recovered,
+        api=opts.api,
+        background=background["requests"],
+        reattached=background["reattached"],
+        reattached_exact=background["reattached_exact"],
+        # Every Responses generation request counts a kind; a reattach GET does not.
+        reattach_requests=(
+            stats.requests_by_api["responses"] - sum(stats.requests_by_kind.values())
+            if opts.api == "responses"
+            else 0
+        ),
+        samples=kept,
     )
+
+
+RECOVERY_KINDS = ("prefill", "prefix", "instruct", "reattach")
+
+
+def _keep_sample(
+    opts: ChaosOptions,
+    sim: SimulatedUpstream,
+    conversation: Conversation,
+    events: list[Any],
+    response_id: str | None,
+    samples: dict[str, list[RecoveredSample]],
+) -> None:
+    """Keep `conversation` as a recovered sample if it is a plain text answer (no tools, no
+    token cap) that broke well into its text, and its kind of recovery still needs one."""
+    if not conversation.stream or conversation.tools or conversation.max_tokens is not None:
+        return
+    attempts = attempts_of(sim, conversation, response_id)
+    recovery = next(
+        (
+            a
+            for a in reversed(attempts)
+            if a.kind in RECOVERY_KINDS
+            and (len(a.partial or "") >= 40 or (a.starting_after or -1) >= 10)
+        ),
+        None,
+    )
+    if recovery is None or len(samples.get(recovery.kind, ())) >= opts.show_recovered:
+        return
+    dumped = [_dump_event(event) for event in events]
+    samples.setdefault(recovery.kind, []).append(
+        RecoveredSample(conversation, recovery.kind, attempts, dumped)
+    )
+
+
+# What the anthropic SDK's MessageStream adds to the wire events it yields (snapshots).
+_SDK_ADDED = {"content_block_stop": "content_block", "message_stop": "message"}
+
+
+def _dump_event(event: Any) -> dict[str, Any]:
+    """An SDK event as the fields the wire carried."""
+    dump = getattr(event, "model_dump", None)
+    if dump is None:
+        return {"repr": repr(event)}
+    dumped: dict[str, Any] = dump(mode="json", exclude_unset=True)
+    added = _SDK_ADDED.get(str(dumped.get("type")))
+    if added is not None:
+        dumped.pop(added, None)
+    return dumped
 
 
 def _counts(counter: Counter[Any] | dict[Any, int], *, by_key: bool = False) -> str:
@@ -388,7 +605,7 @@ def style_table(r: ChaosReport) -> list[str]:
 def report_text(r: ChaosReport) -> str:
     o, s = r.options, r.stats
     faults = sum(r.simulator.faults_injected.values())
-    attempts = r.simulator.chat_requests
+    attempts = r.upstream_attempts
     quirks = (
         f"instruct quirks: repeat {o.repeat_prob}, whitespace variation "
         f"{o.whitespace_variation_prob}, restart {o.restart_prob}, paraphrase "
@@ -396,8 +613,19 @@ def report_text(r: ChaosReport) -> str:
         if o.resume_mode == "instruct"
         else f"continues exactly (prefill echo {o.prefill_echo_prob})"
     )
+    api = {
+        "chat": "chat completions (openai SDK)",
+        "messages": "Anthropic Messages (anthropic SDK)",
+        "responses": "OpenAI Responses (openai SDK)"
+        + (
+            f", {o.background_fraction:.0%} of streams in background mode"
+            if o.background_fraction
+            else ""
+        ),
+    }[r.api]
     lines = [
         f"intact chaos run: {o.streams} streams, {o.concurrency} concurrent, seed {o.seed}",
+        *([f"  api: {api}"] if r.api != "chat" else []),
         f"  answers: text style {o.text_style}"
         + (" with reasoning" if o.reasoning else "")
         + f" (models {', '.join(o.models())}); {o.tools_fraction:.0%} offer tools",
@@ -435,6 +663,14 @@ def report_text(r: ChaosReport) -> str:
         f"  faults injected      {faults} in {attempts} upstream attempts "
         f"({_counts(r.simulator.faults_injected)})",
         f"  upstream requests    {_counts(dict(r.simulator.requests_by_kind))}",
+        *(
+            [
+                f"  background           {r.background} requests, {r.reattached} reattached "
+                f"({r.reattached_exact} byte-exact), {r.reattach_requests} reattach requests"
+            ]
+            if r.api == "responses"
+            else []
+        ),
         f"  attempts/request     {_counts(r.outcomes.attempts, by_key=True)}",
         f"  resumes/request      {_counts(r.outcomes.resumes, by_key=True)}",
         f"  relay outcomes       {_counts(r.outcomes.outcomes)}",
@@ -452,11 +688,95 @@ def report_text(r: ChaosReport) -> str:
             lines += ["", f"{label}: first {len(shown)} of {total} anomalies"]
             for anomaly in shown:
                 lines += ["  " + line for line in anomaly.render().splitlines()]
+    for sample in r.samples:
+        lines += ["", *render_sample(sample)]
     lines += ["", "acceptance"]
     for name, ok, value in r.checks():
         lines.append(f"  {'PASS' if ok else 'FAIL'}  {name}: {value}")
     lines.append(f"RESULT: {'PASS' if r.passed else 'FAIL'}")
     return "\n".join(lines)
+
+
+def _event_text(event: dict[str, Any]) -> str:
+    """The answer text one event carries (chat chunk, Messages or Responses event)."""
+    kind = event.get("type")
+    if kind == "content_block_delta":
+        delta = event.get("delta") or {}
+        return str(delta.get("text") or "") if delta.get("type") == "text_delta" else ""
+    if kind == "response.output_text.delta":
+        return str(event.get("delta") or "")
+    return "".join(
+        str((choice.get("delta") or {}).get("content") or "")
+        for choice in event.get("choices") or ()
+    )
+
+
+def _trim(value: Any, depth: int = 0) -> Any:
+    """An event made short enough to read: long strings cut, big objects summarised."""
+    if isinstance(value, str):
+        return value if len(value) <= 40 else value[:24] + f"…(+{len(value) - 24})"
+    if isinstance(value, list):
+        if depth >= 2 and value:
+            return f"[{len(value)} items]"
+        return [_trim(v, depth + 1) for v in value[:3]] + (
+            [f"…{len(value) - 3} more"] if len(value) > 3 else []
+        )
+    if isinstance(value, dict):
+        if depth >= 1 and len(value) > 8:
+            keep = {k: value[k] for k in ("id", "type", "status", "model") if k in value}
+            return {**_trim(keep, depth + 1), "…": f"{len(value) - len(keep)} more keys"}
+        return {k: _trim(v, depth + 1) for k, v in value.items() if v not in (None, [], {})}
+    return value
+
+
+def render_sample(sample: RecoveredSample, context: int = 4) -> list[str]:
+    """A recovered stream as the app received it: every event the SDK yielded, one line
+    each, trimmed, with the deltas far from where the upstream broke elided."""
+    c = sample.conversation
+    lines = [f"recovered stream ({c.api}, {sample.recovery}): {c.describe()}"]
+    lines.append(f"  prompt: {c.last_user_text()!r}")
+    lines += ["  " + a.describe(n) for n, a in enumerate(sample.attempts, start=1)]
+    if sample.relay:
+        lines.append("  " + sample.relay)
+    events = sample.events
+    # Where the app's answer stood when each attempt after the first took over.
+    seams: set[int] = set()
+    for attempt in sample.attempts[1:]:
+        if attempt.starting_after is not None:
+            for i, event in enumerate(events):
+                if event.get("sequence_number") == attempt.starting_after:
+                    seams.add(i)
+        elif attempt.partial:
+            chars = 0
+            for i, event in enumerate(events):
+                chars += len(_event_text(event))
+                if chars >= len(attempt.partial.rstrip()):
+                    seams.add(i)
+                    break
+    keep = set(range(min(len(events), context + 2))) | set(
+        range(max(0, len(events) - context - 1), len(events))
+    )
+    for seam in seams:
+        keep |= set(range(max(0, seam - context), min(len(events), seam + context + 2)))
+    lines.append(f"  the app received {len(events)} events:")
+    skipped = 0
+    for i, event in enumerate(events):
+        if i not in keep:
+            skipped += 1
+            continue
+        if skipped:
+            lines.append(f"    … {skipped} events …")
+            skipped = 0
+        data = orjson.dumps(_trim(event)).decode()
+        mark = (
+            "   <- the upstream broke after this event; the next attempt goes on"
+            if i in seams
+            else ""
+        )
+        lines.append(f"    {i:>4} {data}{mark}")
+    if skipped:
+        lines.append(f"    … {skipped} events …")
+    return lines
 
 
 def parse_args(argv: Sequence[str] | None = None) -> ChaosOptions:
@@ -524,6 +844,26 @@ def parse_args(argv: Sequence[str] | None = None) -> ChaosOptions:
         default=d.breaker,
         help="default: the daemon's own breaker settings (default); off: never open it",
     )
+    p.add_argument(
+        "--api",
+        choices=API_CHOICES,
+        default=d.api,
+        help="the API the app speaks: chat (default), messages (anthropic SDK), responses, "
+        "or all three one after another",
+    )
+    p.add_argument(
+        "--background-fraction",
+        type=float,
+        default=d.background_fraction,
+        help="responses: share of streaming requests in background mode (reattached)",
+    )
+    p.add_argument(
+        "--show-recovered",
+        type=int,
+        default=d.show_recovered,
+        metavar="N",
+        help="print N recovered streams per recovery kind as the app received them",
+    )
     a = p.parse_args(argv)
     return ChaosOptions(
         streams=a.streams,
@@ -553,6 +893,9 @@ def parse_args(argv: Sequence[str] | None = None) -> ChaosOptions:
         show_anomalies=a.show_anomalies,
         log_level=a.log_level,
         breaker=a.breaker,
+        api=a.api,
+        background_fraction=a.background_fraction,
+        show_recovered=a.show_recovered,
     )
 
 
@@ -563,9 +906,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"chaos: {exc}", file=sys.stderr)
         return 2
-    report = asyncio.run(run_chaos(opts, with_telemetry=True))
-    print(report_text(report), flush=True)
-    return 0 if report.passed else 1
+    results: list[tuple[str, ChaosReport]] = []
+    for api in opts.apis():
+        if results:
+            print(flush=True)
+        report = asyncio.run(run_chaos(dataclasses.replace(opts, api=api), with_telemetry=True))
+        print(report_text(report), flush=True)
+        results.append((api, report))
+    if len(results) > 1:
+        print(
+            "\nall APIs: "
+            + ", ".join(
+                f"{api} {'PASS' if r.passed else 'FAIL'} ({r.exact_pct:.2f}% byte-exact, "
+                f"{r.stats.silent} silent, {r.stats.garbled} garbled)"
+                for api, r in results
+            ),
+            flush=True,
+        )
+    return 0 if all(r.passed for _, r in results) else 1
 
 
 if __name__ == "__main__":

@@ -165,7 +165,14 @@ async def test_a_break_inside_thinking_or_after_a_tool_use_is_not_resumable() ->
     answer = MessagesAnswer(Sink(), RecoveryConfig(), 100)  # type: ignore[arg-type]
     await feed(
         answer.attempt(),
-        [message_start(), block(0), text(0, "Let me look."), stop(0), block(1, "tool_use")],
+        [
+            message_start(),
+            block(0),
+            text(0, "Let me look."),
+            stop(0),
+            block(1, "tool_use"),
+            stop(1),
+        ],
     )
     assert "tool_use" in (answer.why_not_resumable("instruct") or "")
 

@@ -1,8 +1,13 @@
-"""App-side load through the official openai SDK, every answer judged against the simulator's.
+"""App-side load through the official SDKs, every answer judged against the simulator's.
 
-Each request is a conversation built deterministically from (seed, index); what the app saw
-(text, tool calls, finish_reason, or the exception the SDK raised) is compared with
-`expected_answer`, the uninterrupted answer, and put in exactly one class:
+Each request is a conversation built deterministically from (seed, index), sent over one of
+three APIs (`ConversationMix.api`): chat completions and OpenAI Responses with the `openai`
+SDK (Responses optionally in background mode, which intact recovers by reattaching), or
+Anthropic Messages with the `anthropic` SDK (a dev dependency, imported only for that API).
+What the app saw (text, tool calls, finish reason / stop reason / status, or the exception
+the SDK raised) is compared with the uninterrupted answer the simulator gives for the same
+request body (`expected_answer`, `expected_message`, `expected_response`), and put in
+exactly one class:
 
 - exact: byte-exact text (or equal tool calls) and the same finish_reason;
 - explicit_error: the SDK raised, and what arrived before is a prefix of the answer;
@@ -21,14 +26,25 @@ import enum
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import httpx
 import openai
+import orjson
 
-from intact.simulator import ExpectedAnswer, expected_answer
+from intact.simulator import (
+    ExpectedAnswer,
+    ExpectedMessage,
+    ExpectedResponse,
+    expected_answer,
+    expected_message,
+    expected_response,
+)
+
+if TYPE_CHECKING:
+    import anthropic
 
 LOADGEN_ID_HEADER = "x-intact-loadgen-id"
 """Header carrying the load generator's request id, so relay-side records can be joined."""
@@ -39,6 +55,15 @@ APP_BASE_URL = "http://intact/v1"
 
 TRANSPORT_ERRORS = frozenset({"connection_error", "sdk_timeout", "client_timeout"})
 """Error labels that mean the connection died or hung rather than intact saying what failed."""
+
+APIS = ("chat", "messages", "responses")
+"""The app-facing APIs the load generator speaks (`ConversationMix.api`)."""
+
+MESSAGES_MAX_TOKENS = 4096
+"""max_tokens of a Messages request that sets no cap of its own (Anthropic requires one)."""
+
+RESPONSES_MIN_OUTPUT_TOKENS = 16
+"""The smallest max_output_tokens OpenAI accepts."""
 
 
 class Verdict(enum.StrEnum):
@@ -64,6 +89,31 @@ def app_client(
     # The SDK accepts an httpx client (newer releases annotate their own httpx2 type).
     return openai.AsyncOpenAI(
         base_url=APP_BASE_URL, api_key="unused", max_retries=0, http_client=cast(Any, http)
+    )
+
+
+def anthropic_client(
+    socket_path: str, *, timeout: float = 120.0, connections: int = 100
+) -> anthropic.AsyncAnthropic:
+    """An anthropic SDK client that reaches intact over its Unix socket, SDK retries off
+    (the SDK is built on httpx2; both come with the dev extra)."""
+    import anthropic
+    import httpx2
+
+    http = httpx2.AsyncClient(
+        transport=httpx2.AsyncHTTPTransport(
+            uds=socket_path,
+            limits=httpx2.Limits(
+                max_connections=connections, max_keepalive_connections=connections
+            ),
+        ),
+        timeout=httpx2.Timeout(timeout, connect=5.0),
+    )
+    return anthropic.AsyncAnthropic(
+        base_url=APP_BASE_URL.removesuffix("/v1"),
+        api_key="unused",
+        max_retries=0,
+        http_client=http,
     )
 
 
@@ -134,6 +184,12 @@ class ConversationMix:
     """Share of text requests with max_tokens / max_completion_tokens (finish "length")."""
     multi_turn_fraction: float = 0.2
     models: tuple[str, ...] = ("sim-1", "sim-2")
+    api: str = "chat"
+    """The API every request goes through: chat, messages (Anthropic) or responses."""
+    background_fraction: float = 0.0
+    """Share of streaming Responses requests sent with background: true (a broken stream is
+    then reattached, not continued). Non-streaming background requests are not relayed with
+    recovery (intact passes them through and the app polls), so they are not sent."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -142,15 +198,21 @@ class ConversationMix:
             "tools_fraction",
             "max_tokens_fraction",
             "multi_turn_fraction",
+            "background_fraction",
         ):
             _check_fraction(name, getattr(self, name))
         if not self.models:
             raise ValueError("models must name at least one model")
+        if self.api not in APIS:
+            raise ValueError(f"api must be one of {', '.join(APIS)}, got {self.api!r}")
 
 
 @dataclass(frozen=True)
 class Conversation:
-    """One app request: the messages and options, and the id that tags it end to end."""
+    """One app request: the messages and options, and the id that tags it end to end.
+
+    `messages` (and `tools`) are chat-shaped whatever the API; `body()` is the request in
+    the shape of `api`."""
 
     request_id: str
     model: str
@@ -160,11 +222,156 @@ class Conversation:
     tools: tuple[dict[str, Any], ...] = ()
     max_tokens: int | None = None
     max_tokens_key: str = "max_tokens"
+    api: str = "chat"
+    background: bool = False
+    """Responses only: background mode (the response is stored upstream, reattachable)."""
 
     def expected(self) -> ExpectedAnswer:
+        """The uninterrupted answer from a simulator answering in prose by default."""
+        if self.api == "messages":
+            return answer_of_message(expected_message(self.body()))
+        if self.api == "responses":
+            return answer_of_response(expected_response(self.body()))
         return expected_answer(
             list(self.messages), tools=list(self.tools) or None, max_tokens=self.max_tokens
         )
+
+    def body(self) -> dict[str, Any]:
+        """The request body the app sends, in the shape of its API."""
+        if self.api == "messages":
+            return self._messages_body()
+        if self.api == "responses":
+            return self._responses_body()
+        return {
+            "model": self.model,
+            "messages": list(self.messages),
+            "stream": self.stream,
+            **self.options(),
+        }
+
+    def sdk_params(self) -> dict[str, Any]:
+        """`body()` without `stream`: the keyword arguments of the SDK call."""
+        params = self.body()
+        params.pop("stream", None)
+        return params
+
+    def _system(self) -> str | None:
+        parts = [str(m.get("content") or "") for m in self.messages if m.get("role") == "system"]
+        return "\n\n".join(parts) if parts else None
+
+    def _messages_body(self) -> dict[str, Any]:
+        turns: list[dict[str, Any]] = []
+        for message in self.messages:
+            role = message.get("role")
+            content = str(message.get("content") or "")
+            if role == "system":
+                continue
+            if role == "tool":
+                block = {
+                    "type": "tool_result",
+                    "tool_use_id": anthropic_tool_id(str(message.get("tool_call_id"))),
+                    "content": content,
+                }
+                last = turns[-1] if turns else None
+                if (
+                    last is not None
+                    and last["role"] == "user"
+                    and isinstance(last["content"], list)
+                ):
+                    last["content"].append(block)
+                else:
+                    turns.append({"role": "user", "content": [block]})
+            elif role == "assistant" and message.get("tool_calls"):
+                blocks: list[dict[str, Any]] = (
+                    [{"type": "text", "text": content}] if content else []
+                )
+                for call in message["tool_calls"]:
+                    function = call["function"]
+                    blocks.append(
+                        {
+                            "type": "tool_use",
+                            "id": anthropic_tool_id(call["id"]),
+                            "name": function["name"],
+                            "input": orjson.loads(function["arguments"]),
+                        }
+                    )
+                turns.append({"role": "assistant", "content": blocks})
+            else:
+                turns.append({"role": role, "content": content})
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": self.max_tokens or MESSAGES_MAX_TOKENS,
+            "messages": turns,
+            "stream": self.stream,
+        }
+        system = self._system()
+        if system is not None:
+            body["system"] = system
+        if self.tools:
+            body["tools"] = [
+                {
+                    "name": tool["function"]["name"],
+                    "description": tool["function"].get("description", ""),
+                    "input_schema": tool["function"].get("parameters", {}),
+                }
+                for tool in self.tools
+            ]
+        return body
+
+    def _responses_body(self) -> dict[str, Any]:
+        items: list[dict[str, Any]] = []
+        for message in self.messages:
+            role = message.get("role")
+            content = str(message.get("content") or "")
+            if role == "system":
+                continue
+            if role == "tool":
+                items.append(
+                    {
+                        "type": "function_call_output",
+                        "call_id": str(message.get("tool_call_id")),
+                        "output": content,
+                    }
+                )
+            elif role == "assistant" and message.get("tool_calls"):
+                if content:
+                    items.append({"role": "assistant", "content": content})
+                for call in message["tool_calls"]:
+                    items.append(
+                        {
+                            "type": "function_call",
+                            "call_id": call["id"],
+                            "name": call["function"]["name"],
+                            "arguments": call["function"]["arguments"],
+                        }
+                    )
+            else:
+                items.append({"role": role, "content": content})
+        # A lone user turn goes as a plain string, as apps often send it.
+        single = len(items) == 1 and items[0].get("role") == "user"
+        body: dict[str, Any] = {
+            "model": self.model,
+            "input": items[0]["content"] if single else items,
+            "stream": self.stream,
+        }
+        system = self._system()
+        if system is not None:
+            body["instructions"] = system
+        if self.tools:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "name": tool["function"]["name"],
+                    "description": tool["function"].get("description", ""),
+                    "parameters": tool["function"].get("parameters", {}),
+                }
+                for tool in self.tools
+            ]
+        if self.max_tokens is not None:
+            body["max_output_tokens"] = max(RESPONSES_MIN_OUTPUT_TOKENS, self.max_tokens)
+        if self.background:
+            body["background"] = True
+        return body
 
     def options(self) -> dict[str, Any]:
         """Body fields besides model, messages and stream."""
@@ -179,12 +386,22 @@ class Conversation:
 
     def describe(self) -> str:
         parts = [self.request_id, self.model, "stream" if self.stream else "non-stream"]
+        if self.api != "chat":
+            parts.insert(1, self.api)
+        if self.background:
+            parts.append("background")
         if self.include_usage:
             parts.append("include_usage")
         if self.tools:
             parts.append("tools")
         if self.max_tokens is not None:
-            parts.append(f"{self.max_tokens_key}={self.max_tokens}")
+            key = {"messages": "max_tokens", "responses": "max_output_tokens"}.get(
+                self.api, self.max_tokens_key
+            )
+            limit = self.max_tokens
+            if self.api == "responses":
+                limit = max(RESPONSES_MIN_OUTPUT_TOKENS, limit)
+            parts.append(f"{key}={limit}")
         parts.append(f"{len(self.messages)} messages")
         return " ".join(parts)
 
@@ -195,8 +412,77 @@ class Conversation:
         return ""
 
 
+def anthropic_tool_id(call_id: str) -> str:
+    """The tool_use id Anthropic Messages gives the call chat completions names `call_id`
+    (the simulator derives one from the other)."""
+    return "toolu_01" + call_id.removeprefix("call_")[:22]
+
+
+def answer_of_message(expected: ExpectedMessage) -> ExpectedAnswer:
+    """A Messages answer in the shape `judge` compares: text, tool_use blocks as chat tool
+    calls (their input as the JSON text the stream sends), stop_reason as finish_reason."""
+    calls = [
+        {
+            "id": block["id"],
+            "type": "function",
+            "function": {
+                "name": block["name"],
+                "arguments": orjson.dumps(block["input"]).decode(),
+            },
+        }
+        for block in expected.content
+        if block.get("type") == "tool_use"
+    ]
+    return ExpectedAnswer(
+        content=expected.text,
+        tool_calls=calls,
+        finish_reason=expected.stop_reason,
+        reasoning=expected.thinking,
+        style=expected.style,
+    )
+
+
+def answer_of_response(expected: ExpectedResponse) -> ExpectedAnswer:
+    """A Responses answer in the shape `judge` compares: output text, function_call items as
+    chat tool calls, the response status ("completed" / "incomplete") as finish_reason."""
+    calls = [
+        {
+            "id": call["call_id"],
+            "type": "function",
+            "function": {"name": call["name"], "arguments": call["arguments"]},
+        }
+        for call in expected.function_calls
+    ]
+    return ExpectedAnswer(
+        content=expected.text,
+        tool_calls=calls,
+        finish_reason=expected.status,
+        reasoning=expected.reasoning,
+        refusal=expected.text if expected.refusal else None,
+        style=expected.style,
+    )
+
+
 def make_conversation(seed: int, index: int, mix: ConversationMix) -> Conversation:
-    """Request number `index` of a run seeded `seed` (the same in every process)."""
+    """Request number `index` of a run seeded `seed` (the same in every process, and the
+    same conversation whatever `mix.api`)."""
+    return _for_api(_chat_conversation(seed, index, mix), seed, index, mix)
+
+
+def _for_api(
+    conversation: Conversation, seed: int, index: int, mix: ConversationMix
+) -> Conversation:
+    if mix.api == "chat":
+        return conversation
+    # Its own draws, so the conversation itself does not depend on the API.
+    rng = random.Random(f"intact-loadgen:{seed}:{index}:{mix.api}")
+    background = (
+        mix.api == "responses" and conversation.stream and rng.random() < mix.background_fraction
+    )
+    return replace(conversation, api=mix.api, background=background, include_usage=False)
+
+
+def _chat_conversation(seed: int, index: int, mix: ConversationMix) -> Conversation:
     rng = random.Random(f"intact-loadgen:{seed}:{index}")
     request_id = f"lg-{seed}-{index}"
     model = rng.choice(mix.models)
@@ -270,11 +556,31 @@ class ObservedError:
     def from_exception(cls, exc: BaseException) -> ObservedError:
         if isinstance(exc, TimeoutError):
             return cls("client_timeout", "no answer within the load generator's timeout")
+        if type(exc).__module__.partition(".")[0] == "anthropic":
+            return cls._from_anthropic(exc)
         if isinstance(exc, openai.APIStatusError):
             return cls(type(exc).__name__, exc.message, exc.status_code, exc.type, exc.code)
         if isinstance(exc, openai.APIError):
             return cls(type(exc).__name__, exc.message, None, exc.type, exc.code)
         return cls(type(exc).__name__, str(exc))
+
+    @classmethod
+    def _from_anthropic(cls, exc: BaseException) -> ObservedError:
+        """An anthropic SDK error: an HTTP error's status, or (an `event: error` on the
+        200 stream, which the SDK raises with the stream's status) none; the error's type
+        and intact's code from the body {"type": "error", "error": {"type", "code", ...}}."""
+        body = getattr(exc, "body", None)
+        error = body.get("error") if isinstance(body, Mapping) else None
+        error = error if isinstance(error, Mapping) else {}
+        status = getattr(exc, "status_code", None)
+        message = error.get("message") or getattr(exc, "message", None) or str(exc)
+        return cls(
+            type(exc).__name__,
+            str(message),
+            status if isinstance(status, int) and status != 200 else None,
+            error.get("type"),
+            error.get("code"),
+        )
 
 
 @dataclass
@@ -289,6 +595,10 @@ class Observation:
     """Protocol oddities that do not change the verdict (missing usage, changing ids)."""
     first_token_at: float | None = None
     """time.monotonic() of the first content or tool-call delta (streams only)."""
+    response_id: str | None = None
+    """The message / response id the app was given (a Responses reattach names it)."""
+    events: list[Any] | None = None
+    """Every event (chunk) the SDK yielded, in order, when `LoadSettings.record_events`."""
 
 
 @dataclass(frozen=True)
@@ -571,6 +881,9 @@ class LoadSettings:
     error_pause: float = 0.0
     """Seconds a client waits after an error before its next request, as real apps do."""
     max_anomalies: int = 20
+    record_events: bool = False
+    """Keep every SDK event of a stream in its Observation (for showing one; costs memory
+    only until the result hook returns)."""
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -622,9 +935,15 @@ class LoadGenerator:
         stats.started_at = time.monotonic()
         if s.duration is not None:
             self._deadline = stats.started_at + s.duration
-        client = app_client(
-            self.socket_path, timeout=s.request_timeout, connections=s.concurrency + 4
-        )
+        client: openai.AsyncOpenAI | anthropic.AsyncAnthropic
+        if s.mix.api == "messages":
+            client = anthropic_client(
+                self.socket_path, timeout=s.request_timeout, connections=s.concurrency + 4
+            )
+        else:
+            client = app_client(
+                self.socket_path, timeout=s.request_timeout, connections=s.concurrency + 4
+            )
         try:
             self._workers = [
                 asyncio.create_task(self._client_loop(client), name=f"loadgen-{i}")
@@ -656,7 +975,7 @@ class LoadGenerator:
         self.stats.issued += 1
         return index
 
-    async def _client_loop(self, client: openai.AsyncOpenAI) -> None:
+    async def _client_loop(self, client: openai.AsyncOpenAI | anthropic.AsyncAnthropic) -> None:
         s = self.settings
         while (index := self._claim()) is not None:
             conversation = make_conversation(s.seed, index, s.mix)
@@ -676,15 +995,14 @@ class LoadGenerator:
                     async with asyncio.timeout(s.error_pause):
                         await self._stopping.wait()
 
-    async def _send(self, client: openai.AsyncOpenAI, conversation: Conversation) -> RequestResult:
-        seen = Observation()
+    async def _send(
+        self, client: openai.AsyncOpenAI | anthropic.AsyncAnthropic, conversation: Conversation
+    ) -> RequestResult:
+        seen = Observation(events=[] if self.settings.record_events else None)
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.settings.request_timeout):
-                if conversation.stream:
-                    await _read_stream(client, conversation, seen)
-                else:
-                    await _read_completion(client, conversation, seen)
+                await _read(client, conversation, seen)
         except Exception as exc:  # whatever the SDK raised is what the app would see
             seen.error = ObservedError.from_exception(exc)
             if seen.error.label in TRANSPORT_ERRORS:
@@ -693,6 +1011,28 @@ class LoadGenerator:
         judgement = judge(conversation.expected(), seen)
         ttft = None if seen.first_token_at is None else seen.first_token_at - started
         return RequestResult(conversation, seen, judgement, started, finished, ttft, None)
+
+
+async def _read(
+    client: openai.AsyncOpenAI | anthropic.AsyncAnthropic,
+    conversation: Conversation,
+    seen: Observation,
+) -> None:
+    """Send one request through its API's SDK and record what the app got into `seen`."""
+    if not isinstance(client, openai.AsyncOpenAI):
+        if conversation.stream:
+            await _read_message_stream(client, conversation, seen)
+        else:
+            await _read_message(client, conversation, seen)
+    elif conversation.api == "responses":
+        if conversation.stream:
+            await _read_response_stream(client, conversation, seen)
+        else:
+            await _read_response(client, conversation, seen)
+    elif conversation.stream:
+        await _read_stream(client, conversation, seen)
+    else:
+        await _read_completion(client, conversation, seen)
 
 
 async def _read_stream(
@@ -713,6 +1053,8 @@ async def _read_stream(
     try:
         async with stream:
             async for chunk in stream:
+                if seen.events is not None:
+                    seen.events.append(chunk)
                 ids.add(chunk.id)
                 if chunk.usage is not None:
                     usage_seen = True
@@ -795,9 +1137,222 @@ async def _read_completion(
         seen.notes.append("non-streaming completion without usage")
 
 
+# --- Anthropic Messages ---------------------------------------------------------------------
+
+_RAW_MESSAGE_EVENTS = frozenset(
+    {
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    }
+)
+"""The wire events among what the SDK's MessageStream yields (it adds text, thinking,
+input_json... events of its own)."""
+
+
+async def _read_message_stream(
+    client: anthropic.AsyncAnthropic, conversation: Conversation, seen: Observation
+) -> None:
+    """Consume one streamed Message (the SDK's `messages.stream`) into `seen`. The answer
+    counts as finished only at message_stop: a lost stream never ends with one."""
+    text: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
+    blocks: list[str] = []
+    message_ids: list[str] = []
+    stop_reason: str | None = None
+    final_text: str | None = None
+    manager = client.messages.stream(
+        **conversation.sdk_params(),
+        extra_headers={LOADGEN_ID_HEADER: conversation.request_id},
+    )
+    try:
+        async with manager as stream:
+            async for item in stream:
+                event: Any = item
+                kind = event.type
+                if kind not in _RAW_MESSAGE_EVENTS:
+                    continue
+                if seen.events is not None:
+                    seen.events.append(event)
+                if seen.finish_reason is not None:
+                    seen.notes.append(f"{kind} after message_stop")
+                if kind == "message_start":
+                    message_ids.append(event.message.id)
+                    seen.response_id = seen.response_id or event.message.id
+                elif kind == "content_block_start":
+                    block = event.content_block
+                    if event.index != len(blocks):
+                        seen.notes.append(
+                            f"content block {event.index} started after {len(blocks)} blocks"
+                        )
+                    blocks.append(block.type)
+                    if block.type == "tool_use":
+                        _merge_call(calls, event.index, block.id, "function", block.name, None)
+                elif kind == "content_block_delta":
+                    delta = event.delta
+                    if stop_reason is not None:
+                        seen.notes.append("content after message_delta")
+                    if delta.type == "text_delta":
+                        if seen.first_token_at is None and delta.text:
+                            seen.first_token_at = time.monotonic()
+                        text.append(delta.text)
+                    elif delta.type == "input_json_delta":
+                        if seen.first_token_at is None:
+                            seen.first_token_at = time.monotonic()
+                        _merge_call(calls, event.index, None, None, None, delta.partial_json)
+                elif kind == "message_delta":
+                    stop_reason = event.delta.stop_reason
+                elif kind == "message_stop":
+                    seen.finish_reason = stop_reason
+            final = await stream.get_final_message()
+            final_text = "".join(b.text for b in final.content if b.type == "text")
+    finally:
+        seen.content = "".join(text)
+        seen.tool_calls = [calls[i] for i in sorted(calls)]
+    if len(message_ids) != 1:
+        seen.notes.append(f"{len(message_ids)} message_start events")
+    if blocks.count("text") > 1:
+        seen.notes.append(f"the text came in {blocks.count('text')} text blocks")
+    if final_text is not None and final_text != seen.content:
+        seen.notes.append("the SDK's final message differs from the streamed text")
+
+
+async def _read_message(
+    client: anthropic.AsyncAnthropic, conversation: Conversation, seen: Observation
+) -> None:
+    message: Any = await client.messages.create(
+        **conversation.sdk_params(),
+        stream=False,
+        extra_headers={LOADGEN_ID_HEADER: conversation.request_id},
+    )
+    seen.response_id = message.id
+    texts = [block.text for block in message.content if block.type == "text"]
+    seen.content = "".join(texts)
+    if len(texts) > 1:
+        seen.notes.append(f"the text came in {len(texts)} text blocks")
+    for block in message.content:
+        if block.type == "tool_use":
+            seen.tool_calls.append(
+                {
+                    "id": block.id,
+                    "type": "function",
+                    "function": {
+                        "name": block.name,
+                        "arguments": orjson.dumps(block.input).decode(),
+                    },
+                }
+            )
+    seen.finish_reason = message.stop_reason
+    if message.usage is None or message.usage.output_tokens is None:
+        seen.notes.append("non-streaming message without usage")
+
+
+# --- OpenAI Responses -------------------------------------------------------------------------
+
+_RESPONSE_ENDINGS = frozenset({"response.completed", "response.incomplete"})
+
+
+async def _read_response_stream(
+    client: openai.AsyncOpenAI, conversation: Conversation, seen: Observation
+) -> None:
+    """Consume one streamed response (`responses.create(stream=True)`) into `seen`; its
+    status at response.completed / .incomplete is the finish."""
+    stream = await client.responses.create(
+        **conversation.sdk_params(),
+        stream=True,
+        extra_headers={LOADGEN_ID_HEADER: conversation.request_id},
+    )
+    text: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
+    response_ids: set[str] = set()
+    text_items: set[str] = set()
+    last_seq: int | None = None
+    final_text: str | None = None
+    try:
+        async with stream:
+            async for item in stream:
+                event: Any = item
+                kind = event.type
+                if seen.events is not None:
+                    seen.events.append(event)
+                seq = getattr(event, "sequence_number", None)
+                if last_seq is not None and seq != last_seq + 1:
+                    seen.notes.append(f"sequence_number {seq} after {last_seq}")
+                last_seq = seq if isinstance(seq, int) else last_seq
+                if seen.finish_reason is not None:
+                    seen.notes.append(f"{kind} after the response ended")
+                if kind in ("response.created", "response.in_progress", "response.queued"):
+                    response_ids.add(event.response.id)
+                    seen.response_id = seen.response_id or event.response.id
+                elif kind in ("response.output_text.delta", "response.refusal.delta"):
+                    if seen.first_token_at is None and event.delta:
+                        seen.first_token_at = time.monotonic()
+                    text.append(event.delta)
+                    text_items.add(event.item_id)
+                elif kind == "response.output_item.added" and event.item.type == "function_call":
+                    call = event.item
+                    _merge_call(
+                        calls, event.output_index, call.call_id, "function", call.name, None
+                    )
+                elif kind == "response.function_call_arguments.delta":
+                    if seen.first_token_at is None:
+                        seen.first_token_at = time.monotonic()
+                    _merge_call(calls, event.output_index, None, None, None, event.delta)
+                elif kind in _RESPONSE_ENDINGS:
+                    response_ids.add(event.response.id)
+                    seen.finish_reason = event.response.status
+                    final_text = event.response.output_text
+    finally:
+        seen.content = "".join(text)
+        seen.tool_calls = [calls[i] for i in sorted(calls)]
+    if len(response_ids) > 1:
+        seen.notes.append(f"response ids changed within the stream: {sorted(response_ids)}")
+    if len(text_items) > 1:
+        seen.notes.append(f"the text came in {len(text_items)} output items")
+    refusal = any(getattr(e, "type", "") == "response.refusal.delta" for e in seen.events or ())
+    if final_text is not None and final_text != seen.content and not refusal:
+        seen.notes.append("the final response's output_text differs from the streamed text")
+
+
+async def _read_response(
+    client: openai.AsyncOpenAI, conversation: Conversation, seen: Observation
+) -> None:
+    response: Any = await client.responses.create(
+        **conversation.sdk_params(),
+        stream=False,
+        extra_headers={LOADGEN_ID_HEADER: conversation.request_id},
+    )
+    seen.response_id = response.id
+    texts: list[str] = []
+    for item in response.output:
+        if item.type == "message":
+            for part in item.content:
+                texts.append(part.text if part.type == "output_text" else part.refusal)
+        elif item.type == "function_call":
+            seen.tool_calls.append(
+                {
+                    "id": item.call_id,
+                    "type": "function",
+                    "function": {"name": item.name, "arguments": item.arguments},
+                }
+            )
+    seen.content = "".join(texts)
+    if response.status in ("completed", "incomplete"):
+        seen.finish_reason = response.status
+    else:
+        seen.notes.append(f"non-streaming response with status {response.status!r}")
+    if response.usage is None:
+        seen.notes.append("non-streaming response without usage")
+
+
 __all__ = [
+    "APIS",
     "APP_BASE_URL",
     "LOADGEN_ID_HEADER",
+    "MESSAGES_MAX_TOKENS",
     "TOOLS",
     "TRANSPORT_ERRORS",
     "Anomaly",
@@ -812,6 +1367,9 @@ __all__ = [
     "RequestResult",
     "Reservoir",
     "Verdict",
+    "answer_of_message",
+    "answer_of_response",
+    "anthropic_client",
     "app_client",
     "excerpt",
     "first_difference",

@@ -166,20 +166,6 @@ class AppWriter:
             self._kick_due = True
             self._kicks.add(self)
 
-    def put_many(self, frames: list[bytes]) -> None:
-        """``put`` for several frames at once (one upstream read's)."""
-        if self._failure is not None:
-            raise AppGone() from self._failure
-        if self._eof or self._abandoned or not frames:
-            return
-        if self._idle:
-            self._wake()
-        self._frames.extend(frames)
-        self._queued += sum(map(len, frames))
-        if not self._kick_due:
-            self._kick_due = True
-            self._kicks.add(self)
-
     def _wake(self) -> None:
         """Bytes are about to wait for the app: its clock starts now if it had nothing
         pending (time without anything to write is not the app's slowness)."""
@@ -255,12 +241,19 @@ class AppWriter:
     async def room(self) -> None:
         """Wait while the buffer is over its bound; AppTooSlow if the app makes no progress
         for app_write_timeout, AppGone if it left."""
+        if self.must_wait():
+            while self._queued > self._limit:
+                await self._await_progress()
+
+    def must_wait(self) -> bool:
+        """``room`` without a coroutine while nothing needs waiting for: writes what is
+        queued if it can, raises AppGone if the app left, and says whether the caller must
+        still await ``room`` (the buffer is over its bound)."""
         if self._frames:
             self._flush()
         if self._failure is not None:
             raise AppGone() from self._failure
-        while self._queued > self._limit:
-            await self._await_progress()
+        return self._queued > self._limit
 
     async def close(self, final: bytes = b"") -> None:
         """Send ``final`` after what is queued and end the response, within the bounds."""

@@ -50,6 +50,9 @@ MESSAGES_PATH = "/messages"
 _VERSION = {"anthropic-version": ANTHROPIC_VERSION}
 _THINKING = frozenset({"thinking", "redacted_thinking"})
 _MESSAGE_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+# A continuation asks for at least this many tokens, so the splicer sees enough of it to
+# tell a restated tail from new text; intact stops forwarding at the app's own max_tokens.
+CONTINUATION_MIN_TOKENS = 16
 
 # Anthropic's error types by HTTP status (https://docs.anthropic.com/en/api/errors).
 _ERROR_TYPES = {
@@ -199,7 +202,7 @@ class MessagesAnswer(TextAnswer):
             body.pop("thinking", None)  # the app has its thinking; a prefill cannot think
             limit = max_tokens_after(base_body, "max_tokens", generated)
             if limit is not None:
-                body["max_tokens"] = limit
+                body["max_tokens"] = max(limit, CONTINUATION_MIN_TOKENS)
         return UpstreamCall(MESSAGES_PATH, orjson.dumps(body), headers=_VERSION)
 
     def attempt(self, mode: str = "instruct") -> MessagesFeed:
@@ -236,12 +239,36 @@ class MessagesFeed:
         self.tokens_delivered = 0
         self._input_tokens: int | None = None
         self._output_tokens: int | None = None
+        self._capped = False  # the app's max_tokens reached inside a continuation
+        # A tool_use block is held until its content_block_stop (with whatever arrives
+        # meanwhile), so a stream broken inside it leaves nothing of it at the app and can
+        # be resumed; chat completions buffers tool calls the same way.
+        self._holding: int | None = None  # the upstream index of the held tool_use block
+        self._held: list[tuple[dict[str, Any], bytes]] = []
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
 
     async def on_chunk(self, obj: dict[str, Any], raw: bytes) -> None:
+        kind = obj.get("type")
+        if kind == "error":
+            raise classify.from_error_event(obj)
+        if self._holding is not None:
+            self._held.append((obj, raw))
+            if kind == "content_block_stop" and obj.get("index", 0) == self._holding:
+                held, self._held, self._holding = self._held, [], None
+                for event, event_raw in held:
+                    await self._dispatch(event, event_raw)
+            return
+        block = obj.get("content_block") if kind == "content_block_start" else None
+        if isinstance(block, Mapping) and block.get("type") == "tool_use":
+            self._holding = obj.get("index", 0)
+            self._held = [(obj, raw)]
+            return
+        await self._dispatch(obj, raw)
+
+    async def _dispatch(self, obj: dict[str, Any], raw: bytes) -> None:
         kind = obj.get("type")
         if kind == "content_block_delta":
             await self._delta(obj, raw)
@@ -345,6 +372,15 @@ class MessagesFeed:
             await self._send({**obj, "index": index}, None)
 
     async def _send_text(self, index: int, text: str, tokens: int) -> None:
+        limit = self.a.token_limit
+        if limit is not None and self.spliced is not None:
+            room = limit - self.a.tokens_delivered
+            if room <= 0:
+                self._capped = self._capped or bool(text)  # past the app's limit: not sent
+                return
+            if tokens > room:
+                text, tokens = self.spliced.first_tokens(text, tokens, room)
+                self._capped = True
         if not text:
             return
         self.a.record_text(text, tokens)
@@ -383,6 +419,9 @@ class MessagesFeed:
             raise classify.diverged("the continuation only thought and gave no answer text")
         await self._finish_splice()
         stop = str(delta.get("stop_reason") or "end_turn")
+        if self._capped:
+            stop = "max_tokens"  # cut at the app\'s limit
+            obj, raw = {**obj, "delta": {**delta, "stop_reason": stop}}, b""
         if self.spliced is not None:
             check_added_text(
                 self.spliced.mode,

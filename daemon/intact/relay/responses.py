@@ -346,6 +346,11 @@ class ResponsesFeed:
         self.tokens_delivered = 0
         self._usage: Mapping[str, Any] = {}
         self._capped = False  # the app's max_output_tokens reached inside a continuation
+        # A function_call item is held until its output_item.done (with whatever arrives
+        # meanwhile), so a stream broken inside it leaves nothing of it at the app and can
+        # be resumed (or reattached before it); chat completions buffers tool calls alike.
+        self._holding: int | str | None = None  # the _item_key of the held item
+        self._held_call: list[tuple[dict[str, Any], bytes]] = []
         self._limit = answer.sent_limit
 
     @property
@@ -354,12 +359,30 @@ class ResponsesFeed:
 
     async def on_chunk(self, obj: dict[str, Any], raw: bytes) -> None:
         kind = obj.get("type")
-        a = self.a
         if kind == "error":
             raise classify.from_error_event({"error": obj})
         if kind == "response.failed":
             response = obj.get("response") or {}
             raise classify.from_error_event({"error": response.get("error") or {}})
+        if self._holding is not None:
+            self._held_call.append((obj, raw))
+            if kind == "response.output_item.done" and _item_key(obj) == self._holding:
+                held, self._held_call, self._holding = self._held_call, [], None
+                for event, event_raw in held:
+                    await self._dispatch(event, event_raw)
+            return
+        item = obj.get("item") if kind == "response.output_item.added" else None
+        if isinstance(item, Mapping) and item.get("type") == "function_call":
+            seq = obj.get("sequence_number")
+            if not (self.reattach and isinstance(seq, int) and seq <= self.a.seq):
+                self._holding = _item_key(obj)
+                self._held_call = [(obj, raw)]
+                return
+        await self._dispatch(obj, raw)
+
+    async def _dispatch(self, obj: dict[str, Any], raw: bytes) -> None:
+        kind = obj.get("type")
+        a = self.a
         if self.reattach:
             seq = obj.get("sequence_number")
             if isinstance(seq, int) and seq <= a.seq:
@@ -546,6 +569,10 @@ class ResponsesFeed:
         if limit is not None and a.tokens_delivered >= limit:
             self._capped = self._capped or bool(text)  # past the app's limit: not sent
             return
+        if limit is not None and self.spliced is not None and a.tokens_delivered + tokens > limit:
+            # A release of held-back text is several tokens: only those within the limit.
+            text, tokens = self.spliced.first_tokens(text, tokens, limit - a.tokens_delivered)
+            self._capped = True
         if not text:
             return
         a.record_text(text, tokens)

@@ -87,6 +87,13 @@ class SSESink:
 
     __slots__ = ("_limits", "_request", "_writer", "result")
 
+    # Whether send_chunk is this class's (a subclass framing other events overrides it).
+    _plain_frames = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._plain_frames = cls.send_chunk is SSESink.send_chunk
+
     def __init__(self, request: web.Request, limits: AppLimits) -> None:
         self._request = request
         self._limits = limits
@@ -125,26 +132,24 @@ class SSESink:
         else:
             await self._put(frame)
 
-    async def send_raw_chunks(self, raws: list[bytes]) -> None:
-        """``send_chunk`` for several unchanged upstream chunks at once (one read's)."""
-        if not raws:
-            return
-        frames = [encode_data(raw) for raw in raws]
+    def send_chunk_now(self, chunk: Mapping[str, Any], raw: bytes | None) -> bool:
+        """``send_chunk`` without a coroutine, for the relay's hot path: True if the chunk
+        was queued, False if ``send_chunk`` must be awaited instead (nothing committed yet,
+        or a subclass frames its chunks its own way)."""
         writer = self._writer
-        if writer is None:
-            await self._put(frames[0])
-            writer = self._writer
-            assert writer is not None
-            del frames[0]
-        writer.put_many(frames)
+        if writer is None or not self._plain_frames:
+            return False
+        writer.put(encode_data(raw if raw is not None else orjson.dumps(chunk)))
+        return True
 
     async def send_comment(self, text: str) -> None:
         if self._writer is not None:
             self._writer.put(encode_comment(text))
 
     async def flow(self) -> None:
-        if self._writer is not None:
-            await self._writer.room()
+        writer = self._writer
+        if writer is not None and writer.must_wait():
+            await writer.room()
 
     def reset(self) -> bool:
         return self._writer is None

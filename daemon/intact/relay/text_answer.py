@@ -121,13 +121,16 @@ class TextAnswer:
 class SplicedText:
     """One continuation's text, spliced onto the partial answer the app has."""
 
-    __slots__ = ("_held_pieces", "dropped_pieces", "mode", "splicer")
+    __slots__ = ("_held_pieces", "dropped_pieces", "mode", "piece_ends", "splicer")
 
     def __init__(self, answer: TextAnswer, mode: str) -> None:
         self.mode = splice_mode(mode)
         self.splicer = ContinuationSplicer(answer.content(), answer.limits, mode=self.mode)
         self._held_pieces: list[int] = []  # lengths of the pieces held back
         self.dropped_pieces = 0  # pieces wholly inside the dropped repeat
+        # Where each token of the last release ends in the released text (one per piece):
+        # a release of held pieces is several tokens, and may be cut to an output budget.
+        self.piece_ends: list[int] = []
 
     @property
     def decided(self) -> bool:
@@ -138,6 +141,7 @@ class SplicedText:
         divergence."""
         splicer = self.splicer
         if splicer.decided:
+            self.piece_ends = [len(text)]
             return text, 1
         self._held_pieces.append(len(text))
         try:
@@ -162,14 +166,22 @@ class SplicedText:
         end = 0
         tokens = 0
         dropped = self.splicer.dropped_chars
+        self.piece_ends = []
         for length in self._held_pieces:
             end += length
             if end > dropped:
                 tokens += 1
+                self.piece_ends.append(end - dropped)  # the released text is held[dropped:]
             else:
                 self.dropped_pieces += 1
         self._held_pieces = []
         return tokens
+
+    def first_tokens(self, text: str, tokens: int, room: int) -> tuple[str, int]:
+        """The first `room` tokens of the last release (`text`, `tokens`)."""
+        if tokens <= room or len(self.piece_ends) != tokens:
+            return text, tokens
+        return (text[: self.piece_ends[room - 1]] if room > 0 else ""), max(0, room)
 
 
 def max_tokens_after(body: Mapping[str, Any], key: str, generated: int) -> int | None:
