@@ -396,3 +396,157 @@ async def test_a_continuation_that_only_restates_the_partial_is_not_an_ending() 
         )
     assert "restated" in failure.value.message
     assert sink.text() == partial
+
+
+def sdk_accepts(events: list[dict[str, Any]]) -> None:
+    """Replay what the app got through the openai SDK's own Responses stream accumulator
+    (what ``client.responses.stream()`` runs): it indexes items and parts as announced."""
+    from openai._models import construct_type
+    from openai._types import omit
+    from openai.lib.streaming.responses._responses import ResponseStreamState
+    from openai.types.responses import ResponseStreamEvent
+
+    state = ResponseStreamState(input_tools=omit, text_format=omit)
+    for event in events:
+        state.handle_event(construct_type(type_=ResponseStreamEvent, value=event))  # type: ignore[arg-type]
+
+
+def r_response(rid: str, status: str = "in_progress", **kw: Any) -> dict[str, Any]:
+    return {"id": rid, "object": "response", "model": "m", "status": status, "output": [], **kw}
+
+
+async def test_a_rerun_after_only_response_created_announces_its_part() -> None:
+    """An in-band error right after response.created: the rerun's message item is new to
+    the app, so its content_part.added must reach it (the SDK indexes the part)."""
+    sink = Sink()
+    answer = ResponsesAnswer(sink, RecoveryConfig(), None, background=False)  # type: ignore[arg-type]
+    body = {"model": "m", "input": "hi"}
+    answer.next_call(body, "instruct", "go on", model="m", upstream="u")
+    await feed(answer.attempt(), [r_event("response.created", 0, response=r_response("resp_1"))])
+    answer.next_call(body, "instruct", "go on", model="m", upstream="u")
+    rerun = answer.attempt()
+    usage = {"input_tokens": 5, "output_tokens": 1, "total_tokens": 6}
+    done = r_event("response.completed", 9, response=r_response("resp_2", "completed", usage=usage))
+    await feed(rerun, [*r_opening("resp_2", "msg_2"), r_delta(4, "msg_2", "Hello."), done])
+    await rerun.send_trailer()
+    types = [e["type"] for e in sink.events]
+    assert types.index("response.content_part.added") < types.index("response.output_text.delta")
+    sdk_accepts(sink.events)
+    assert sink.events[-1]["response"]["id"] == "resp_1"
+
+
+async def test_two_message_items_keep_their_own_text() -> None:
+    sink = Sink()
+    answer = ResponsesAnswer(sink, RecoveryConfig(), None, background=False)  # type: ignore[arg-type]
+    body = {"model": "m", "input": "hi"}
+    answer.next_call(body, "instruct", "go on", model="m", upstream="u")
+    first = answer.attempt()
+    intro = [*r_opening("resp_1", "msg_1"), r_delta(4, "msg_1", "Intro.")]
+    item2 = {
+        "id": "msg_b",
+        "type": "message",
+        "role": "assistant",
+        "content": [],
+        "status": "in_progress",
+    }
+    part = {"type": "output_text", "text": "", "annotations": []}
+    second_item = [
+        r_event(
+            "response.output_text.done",
+            5,
+            item_id="msg_1",
+            output_index=0,
+            content_index=0,
+            text="Intro.",
+        ),
+        r_event(
+            "response.content_part.done",
+            5,
+            item_id="msg_1",
+            output_index=0,
+            content_index=0,
+            part={**part, "text": "Intro."},
+        ),
+        r_event(
+            "response.output_item.done",
+            5,
+            output_index=0,
+            item={
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{**part, "text": "Intro."}],
+            },
+        ),
+        r_event("response.output_item.added", 6, output_index=1, item=item2),
+        r_event(
+            "response.content_part.added",
+            7,
+            item_id="msg_b",
+            output_index=1,
+            content_index=0,
+            part=part,
+        ),
+        r_event(
+            "response.output_text.delta",
+            8,
+            item_id="msg_b",
+            output_index=1,
+            content_index=0,
+            delta="The cat",
+        ),
+    ]
+    await feed(first, [*intro, *second_item])
+    answer.next_call(body, "instruct", "go on", model="m", upstream="u")
+    cont = answer.attempt()
+    usage = {"input_tokens": 9, "output_tokens": 2, "total_tokens": 11}
+    done = r_event("response.completed", 9, response=r_response("resp_2", "completed", usage=usage))
+    await feed(cont, [*r_opening("resp_2", "msg_2"), r_delta(4, "msg_2", " sat."), done])
+    await cont.send_trailer()
+    output = sink.events[-1]["response"]["output"]
+    texts = [item["content"][0]["text"] for item in output]
+    assert texts[-1] == "The cat sat."
+    sdk_accepts(sink.events)
+
+
+async def test_what_responses_cannot_continue_is_refused() -> None:
+    answer = ResponsesAnswer(Sink(), RecoveryConfig(), None, background=False)  # type: ignore[arg-type]
+    answer.next_call({"model": "m"}, "prefill", "", model="m", upstream="u")
+    json_body = {
+        "model": "m",
+        "text": {"format": {"type": "json_schema", "name": "x", "schema": {}}},
+    }
+    await feed(
+        answer.attempt(), [*r_opening("resp_1", "msg_1"), r_delta(4, "msg_1", '{"name": "Al')]
+    )
+    assert "JSON" in (answer.why_not_resumable("prefill", json_body) or "")
+    refusal = ResponsesAnswer(Sink(), RecoveryConfig(), None, background=False)  # type: ignore[arg-type]
+    opening = r_opening("resp_1", "msg_1")
+    opening[-1] = {**opening[-1], "part": {"type": "refusal", "refusal": ""}}
+    sorry = r_event(
+        "response.refusal.delta", 4, item_id="msg_1", output_index=0, content_index=0, delta="Sorry"
+    )
+    await feed(refusal.attempt(), [*opening, sorry])
+    assert "refusal" in (refusal.why_not_resumable("instruct", {}) or "")
+    # Background: a reattach only on the upstream that holds the response; elsewhere the
+    # usual rules hold.
+    bg = ResponsesAnswer(Sink(), RecoveryConfig(), None, background=True)  # type: ignore[arg-type]
+    bg.next_call({"model": "m"}, "instruct", "", model="m", upstream="u")
+    call_item = {
+        "id": "fc_1",
+        "type": "function_call",
+        "name": "f",
+        "arguments": "{}",
+        "call_id": "c",
+    }
+    await feed(
+        bg.attempt(),
+        [
+            r_event("response.created", 0, response=r_response("resp_1")),
+            r_event("response.output_item.added", 1, output_index=0, item=call_item),
+            r_event("response.output_item.done", 2, output_index=0, item=call_item),
+        ],
+    )
+    assert bg.why_not_resumable("instruct", {}, "u") is None
+    assert "function_call" in (bg.why_not_resumable("instruct", {}, "other") or "")

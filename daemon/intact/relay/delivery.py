@@ -212,7 +212,9 @@ class Delivery:
         limit = self.token_limit
         return limit is not None and self.tokens_delivered >= limit and not self.tool_calls
 
-    def why_not_resumable(self, mode: str, body: Mapping[str, Any] | None = None) -> str | None:
+    def why_not_resumable(
+        self, mode: str, body: Mapping[str, Any] | None = None, upstream: str | None = None
+    ) -> str | None:
         """None if an interrupted stream can be continued in ``mode`` (the effective mode of
         the upstream chosen next) from here, else the reason. ``body`` is the request."""
         if not self.started:

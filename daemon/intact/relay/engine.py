@@ -320,7 +320,9 @@ class _Run:
                     # Interrupted exactly at max_tokens: the answer is complete as it is.
                     await self.complete_at_token_limit()
                     return
-                why = self.delivery.why_not_resumable(self.resume_mode(up), self.base_body)
+                why = self.delivery.why_not_resumable(
+                    self.resume_mode(up), self.base_body, up.upstream.name
+                )
                 if why is not None:
                     if not self.sink.reset():
                         await self.give_up("not_resumable", f"stream interrupted and {why}")
@@ -386,7 +388,13 @@ class _Run:
         if not specs:
             return False
         self.fallbacks_used.add(why)
-        targets = self.relay.targets(self.req.model, specs)
+        targets = [
+            t
+            for t in self.relay.targets(self.req.model, specs)
+            if t.upstream.serves_api(self.req.api)
+        ]
+        if not targets:
+            return False
         self.plan = FailoverPlan(targets, len(targets), self.relay.rng)
         self.max_attempts = max(self.max_attempts, self.summary.attempts + len(targets))
         log.info(
@@ -447,6 +455,7 @@ class _Run:
         if (
             reason is AttemptReason.RESUME
             or not hedge_after
+            or not self.req.hedgeable
             or self.hedges >= self.max_hedges
             or len(self.plan.ups) < 2
         ):

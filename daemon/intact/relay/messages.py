@@ -97,6 +97,7 @@ class MessagesRequest:
     timeout: float | None
     resume: str | None
     api: str = "messages"
+    hedgeable: bool = True
 
     @property
     def token_limit(self) -> int | None:
@@ -171,7 +172,9 @@ class MessagesAnswer(TextAnswer):
     def open_type(self) -> str | None:
         return None if self.open_block is None else self.blocks[self.open_block]
 
-    def why_not_resumable(self, mode: str, body: Mapping[str, Any] | None = None) -> str | None:
+    def why_not_resumable(
+        self, mode: str, body: Mapping[str, Any] | None = None, upstream: str | None = None
+    ) -> str | None:
         if not self.started:
             return None
         why = self.common_refusal(mode, answer_started=bool(self.text.chars or self.blocks))
@@ -181,6 +184,12 @@ class MessagesAnswer(TextAnswer):
             return f"a {self.unresumable_block} block was already sent to the app"
         if self.open_type in _THINKING:
             return "it broke during the model's thinking, which cannot be continued"
+        fmt = (body or {}).get("output_format") or {}
+        if self.text.chars and isinstance(fmt, Mapping) and fmt.get("type") == "json_schema":
+            return (
+                "a JSON answer (output_format json_schema) cannot be continued: the upstream "
+                "applies the format from the start of its continuation"
+            )
         return None
 
     def next_call(

@@ -77,8 +77,11 @@ class Answer(Protocol):
     def budget_spent(self) -> bool:
         """The app already has its max tokens: the answer is complete as it is."""
 
-    def why_not_resumable(self, mode: str, body: Mapping[str, Any] | None = None) -> str | None:
-        """None if an interrupted answer can be continued in ``mode``, else why not."""
+    def why_not_resumable(
+        self, mode: str, body: Mapping[str, Any] | None = None, upstream: str | None = None
+    ) -> str | None:
+        """None if an interrupted answer can be continued in ``mode`` on ``upstream`` (the
+        one chosen next; None: any), else why not."""
 
     def next_call(
         self,
@@ -104,6 +107,12 @@ class AppRequest(Protocol):
 
     @property
     def body(self) -> dict[str, Any]: ...
+
+    @property
+    def hedgeable(self) -> bool:
+        """Whether a second upstream may be sent the same request while the first is slow
+        (not when the upstream keeps running it after intact hangs up, as a background
+        Responses request does)."""
 
     @property
     def model(self) -> str: ...

@@ -33,6 +33,7 @@ class ChatRequest:
     # The app's intact-resume header (off, prefill, prefix, instruct, restart), if sent.
     resume: str | None = None
     api: str = "chat"
+    hedgeable: bool = True
 
     def new_answer(self, sink: AppSink, recovery: RecoveryConfig) -> Delivery:
         return Delivery(

@@ -77,6 +77,11 @@ class ResponsesRequest:
         return self.body.get("background") is True
 
     @property
+    def hedgeable(self) -> bool:
+        # A background response runs on upstream after a losing hedge is hung up on.
+        return not self.background
+
+    @property
     def token_limit(self) -> int | None:
         limit = self.body.get("max_output_tokens")
         return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
@@ -179,6 +184,8 @@ class ResponsesAnswer(TextAnswer):
         self.text_item: int | None = None  # the message item the text is in
         self.text_part = 0  # its content_index
         self.unresumable_item: str | None = None
+        self.refusal_sent = False
+        self.text_start = 0  # where the current message item's text starts in self.text
         # Set by next_call for the attempt it prepares (attempt() is called after it).
         self.calling: str | None = None
         self.reattaching = False
@@ -211,18 +218,28 @@ class ResponsesAnswer(TextAnswer):
             and self.upstream == upstream
         )
 
-    def why_not_resumable(self, mode: str, body: Mapping[str, Any] | None = None) -> str | None:
+    def why_not_resumable(
+        self, mode: str, body: Mapping[str, Any] | None = None, upstream: str | None = None
+    ) -> str | None:
         if not self.started:
             return None
         if mode == "off":
             return self.common_refusal(mode, answer_started=True)
-        if self.background and not self.renumbered and self.response_id is not None:
+        if upstream is not None and self.can_reattach(upstream):
             return None  # reattach: the same response goes on upstream
         why = self.common_refusal(mode, answer_started=bool(self.text.chars or self.items))
         if why is not None:
             return why
         if self.unresumable_item is not None:
             return f"a {self.unresumable_item} output item was already sent to the app"
+        if self.refusal_sent:
+            return "a refusal was already sent to the app, which cannot be continued"
+        fmt = ((body or {}).get("text") or {}).get("format") or {}
+        if self.text.chars and fmt.get("type") in ("json_schema", "json_object"):
+            return (
+                f"a JSON answer (text.format {fmt['type']}) cannot be continued: the upstream "
+                "applies the format from the start of its continuation"
+            )
         if self.open_item is not None and self.items[self.open_item].type == "reasoning":
             return "it broke during the model's reasoning, which no resume mode can continue"
         return None
@@ -287,7 +304,8 @@ class ResponsesAnswer(TextAnswer):
 
     def text_item_object(self, status: str) -> dict[str, Any]:
         item = self.items[self.text_item or 0]
-        part = {"type": "output_text", "text": self.content(), "annotations": [], "logprobs": []}
+        text = self.content()[self.text_start :]
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
         return {
             "id": item.id,
             "type": "message",
@@ -339,6 +357,7 @@ class ResponsesFeed:
         self._held: list[tuple[dict[str, Any], bytes]] = []  # the text's .done events
         self._trailer: tuple[dict[str, Any], bytes] | None = None
         self._dropped_reasoning = False
+        self._joined: int | None = None  # the app's message item this continuation goes on in
         self.answer_generated = False
         self.response_id: str | None = None
         self.response_model: str | None = None
@@ -428,6 +447,12 @@ class ResponsesFeed:
         elif isinstance(kind, str) and ".delta" in kind:
             a.tokens_delivered += 1  # reasoning, function arguments: one event, one token
             self.tokens_delivered += 1
+            if kind == "response.refusal.delta":
+                a.refusal_sent = True
+        elif kind == "response.content_part.added":
+            part = obj.get("part") or {}
+            a.refusal_sent = a.refusal_sent or part.get("type") == "refusal"
+            a.text_part = obj.get("content_index", 0)
         await self._forward(obj, raw)
 
     async def _forward(self, obj: dict[str, Any], raw: bytes) -> None:
@@ -449,6 +474,7 @@ class ResponsesFeed:
         a.open_item = index
         if kind == "message":
             a.text_item = index
+            a.text_start = a.text.chars
         elif kind == "reasoning":
             a.reasoning_sent = True
         else:
@@ -528,7 +554,14 @@ class ResponsesFeed:
                 await self._send_text(text, tokens)
             elif kind in _TEXT_DONE:
                 await self._finish_splice()  # the .done events are made again at the end
-            return  # content_part.added and the like: the app has its part
+            elif index == self._joined:
+                return  # content_part.added and the like: the app has its part
+            else:
+                # A message item new to the app (nothing of it had arrived): its part too.
+                if kind == "response.content_part.added":
+                    a.text_part = obj.get("content_index", 0)
+                await self._rewritten({**obj, "output_index": index, "item_id": a.items[index].id})
+            return
         if kind == "response.output_item.done":
             self._item_done({**obj, "output_index": index})
         elif isinstance(kind, str) and ".delta" in kind:
@@ -547,7 +580,7 @@ class ResponsesFeed:
         upstream_index = key if key is not None else len(self._index)
         joins = kind == "message" and a.text_item is not None
         if joins and a.text_item not in self._index.values():
-            self._index[upstream_index] = a.text_item  # the app's message goes on
+            self._index[upstream_index] = self._joined = a.text_item  # the app's message goes on
             return
         if kind == "reasoning" and (a.reasoning_sent or a.text.chars):
             self._index[upstream_index] = None

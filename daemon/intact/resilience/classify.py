@@ -156,9 +156,10 @@ def from_error_event(payload: Mapping[str, Any]) -> UpstreamFailure:
             breaker_failure=False,
         )
     final_words = (
-        "invalid_request",
+        "invalid_",  # invalid_request(_error), OpenAI Responses' invalid_prompt, invalid_image...
         "context_length",
         "content_filter",
+        "policy",  # content_policy_violation, image_content_policy_violation
         "authentication",
         "permission",
         "not_found",
@@ -246,7 +247,13 @@ def diverged(detail: str) -> UpstreamFailure:
     )
 
 
-_CONTEXT_WORDS = ("context_length", "context length", "context window", "too many tokens")
+_CONTEXT_WORDS = (
+    "context_length",
+    "context length",
+    "context window",
+    "too many tokens",
+    "prompt is too long",  # Anthropic: "prompt is too long: 210000 tokens > 200000 maximum"
+)
 _POLICY_WORDS = ("content_filter", "content_policy", "content policy", "safety")
 
 
