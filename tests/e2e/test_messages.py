@@ -279,3 +279,20 @@ async def test_an_overloaded_upstream_fails_over_to_the_next_anthropic_upstream(
     assert got.text == expected
     assert [r.path for r in down.stats.http_requests][:1] == ["/v1/messages"]
     assert up.stats.requests_by_api["messages"] == 1
+
+
+async def test_an_overload_right_after_message_start_is_retried_even_with_resume_off(
+    tmp_path: Path,
+) -> None:
+    """message_start comes before any token: intact holds it, so an in-band overloaded_error
+    right after it costs the app nothing but a retry (no resume needed)."""
+    async with fast_sim() as sim, daemon_for(tmp_path, sim) as d:
+        expected = sim.messages_api.expected(
+            {"model": "sim-1", "max_tokens": 200, "messages": PROMPT}
+        ).text
+        sim.schedule_faults(["error_event@1"])
+        client = anthropic_sdk(d.socket_path)
+        got = await stream_message(client, extra_headers={"intact-resume": "off"})
+    assert got.error is None, got.error
+    assert got.text == expected
+    assert got.events.count("message_start") == 1

@@ -426,13 +426,23 @@ async def test_a_rerun_after_only_response_created_announces_its_part() -> None:
     answer.next_call(body, "instruct", "go on", model="m", upstream="u")
     rerun = answer.attempt()
     usage = {"input_tokens": 5, "output_tokens": 1, "total_tokens": 6}
-    done = r_event("response.completed", 9, response=r_response("resp_2", "completed", usage=usage))
+    part = {"type": "output_text", "text": "Hello.", "annotations": []}
+    item = {
+        "id": "msg_2",
+        "type": "message",
+        "role": "assistant",
+        "status": "completed",
+        "content": [part],
+    }
+    final = r_response("resp_2", "completed", usage=usage, output=[item])
+    done = r_event("response.completed", 9, response=final)
     await feed(rerun, [*r_opening("resp_2", "msg_2"), r_delta(4, "msg_2", "Hello."), done])
     await rerun.send_trailer()
     types = [e["type"] for e in sink.events]
     assert types.index("response.content_part.added") < types.index("response.output_text.delta")
     sdk_accepts(sink.events)
-    assert sink.events[-1]["response"]["id"] == "resp_1"
+    # The first response.created was held back: the app sees the rerun's response only.
+    assert {e["response"]["id"] for e in sink.events if "response" in e} == {"resp_2"}
 
 
 async def test_two_message_items_keep_their_own_text() -> None:
@@ -550,3 +560,37 @@ async def test_what_responses_cannot_continue_is_refused() -> None:
     )
     assert bg.why_not_resumable("instruct", {}, "u") is None
     assert "function_call" in (bg.why_not_resumable("instruct", {}, "other") or "")
+
+
+async def test_the_envelope_is_held_until_the_first_content_event() -> None:
+    """message_start / response.created come before any token: an error right after them is
+    retried as if nothing was sent, even for an app that turned resuming off."""
+    sink = Sink()
+    answer = MessagesAnswer(sink, RecoveryConfig(), 100)  # type: ignore[arg-type]
+    overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    with pytest.raises(UpstreamFailure):
+        await feed(answer.attempt(), [message_start(), {"type": "ping"}, overloaded])
+    assert sink.events == [] and not answer.started
+    assert answer.why_not_resumable("off") is None
+    rerun = answer.attempt()
+    await feed(rerun, [message_start("msg_2"), {"type": "ping"}, block(0), text(0, "Hi.")])
+    assert [e["type"] for e in sink.events] == [
+        "message_start",
+        "ping",
+        "content_block_start",
+        "content_block_delta",
+    ]
+    assert sink.events[0]["message"]["id"] == "msg_2"
+
+    r_sink = Sink()
+    responses = ResponsesAnswer(r_sink, RecoveryConfig(), None, background=False)  # type: ignore[arg-type]
+    responses.next_call({"model": "m"}, "off", "", model="m", upstream="u")
+    with pytest.raises(UpstreamFailure):
+        await feed(
+            responses.attempt(),
+            [
+                r_event("response.created", 0, response=r_response("resp_1")),
+                r_event("error", 1, code="server_error", message="x"),
+            ],
+        )
+    assert r_sink.events == [] and responses.why_not_resumable("off") is None

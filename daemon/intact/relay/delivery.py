@@ -348,6 +348,10 @@ class AttemptFilter:
         self._usage_chunk: tuple[dict[str, Any], bytes] | None = None
         self.tokens_delivered = 0
 
+    def preamble(self, obj: Mapping[str, Any]) -> bool:
+        """Chat completions have none: the first chunk comes with the first token."""
+        return False
+
     @property
     def finished(self) -> bool:
         if self.passthrough:

@@ -649,6 +649,10 @@ class _Run:
                 while (batch := await events.next_batch()) is not None:
                     if not batch:
                         continue
+                    if not judged and all(filt.preamble(obj) for obj, _ in batch):
+                        for obj, raw in batch:
+                            await filt.on_chunk(obj, raw)  # held by the feed until content
+                        continue
                     if not judged:
                         if race is not None and not race.claim(up):
                             raise asyncio.CancelledError  # another racer answered first

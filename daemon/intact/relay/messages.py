@@ -49,6 +49,9 @@ MESSAGES_PATH = "/messages"
 # (server.forward_headers) and wins.
 _VERSION = {"anthropic-version": ANTHROPIC_VERSION}
 _THINKING = frozenset({"thinking", "redacted_thinking"})
+# Sent before the model produces anything: held until the first content event, so that a
+# failure right after them (an in-band overloaded_error) is retried as if nothing was sent.
+_PREAMBLE = frozenset({"message_start", "ping"})
 _MESSAGE_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 # A continuation asks for at least this many tokens, so the splicer sees enough of it to
 # tell a restated tail from new text; intact stops forwarding at the app's own max_tokens.
@@ -249,6 +252,7 @@ class MessagesFeed:
         self._input_tokens: int | None = None
         self._output_tokens: int | None = None
         self._capped = False  # the app's max_tokens reached inside a continuation
+        self._preamble: list[tuple[dict[str, Any], bytes]] = []  # held until content
         # A tool_use block is held until its content_block_stop (with whatever arrives
         # meanwhile), so a stream broken inside it leaves nothing of it at the app and can
         # be resumed; chat completions buffers tool calls the same way.
@@ -259,10 +263,18 @@ class MessagesFeed:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
+    def preamble(self, obj: Mapping[str, Any]) -> bool:
+        return obj.get("type") in _PREAMBLE
+
     async def on_chunk(self, obj: dict[str, Any], raw: bytes) -> None:
         kind = obj.get("type")
         if kind == "error":
             raise classify.from_error_event(obj)
+        if kind in _PREAMBLE and not self.a.started:
+            if kind == "message_start":
+                self._note_message(obj)
+            self._preamble.append((obj, raw))
+            return
         if self._holding is not None:
             self._held.append((obj, raw))
             if kind == "content_block_stop" and obj.get("index", 0) == self._holding:
@@ -279,6 +291,8 @@ class MessagesFeed:
 
     async def _dispatch(self, obj: dict[str, Any], raw: bytes) -> None:
         kind = obj.get("type")
+        if self._preamble:
+            await self._flush_preamble()
         if kind == "content_block_delta":
             await self._delta(obj, raw)
         elif kind == "content_block_start":
@@ -299,16 +313,27 @@ class MessagesFeed:
     async def _send(self, obj: Mapping[str, Any], raw: bytes | None) -> None:
         await self.a.sink.send_chunk(obj, raw)
 
-    async def _message_start(self, obj: dict[str, Any], raw: bytes) -> None:
+    def _note_message(self, obj: Mapping[str, Any]) -> None:
         message = obj.get("message") or {}
         self.response_id = message.get("id")
         self.response_model = message.get("model")
         usage = message.get("usage") or {}
         self._input_tokens = usage.get("input_tokens")
-        if self.continuation:
-            return
-        self.a.message = message
-        await self._send(obj, raw)
+
+    async def _message_start(self, obj: dict[str, Any], raw: bytes) -> None:
+        self._note_message(obj)  # a continuation's: the app has its message already
+
+    async def _flush_preamble(self) -> None:
+        """The first content event: the message the app gets starts now."""
+        held, self._preamble = self._preamble, []
+        for obj, raw in held:
+            if obj.get("type") == "message_start":
+                if self.a.message is not None:
+                    continue
+                self.a.message = obj.get("message") or {}
+            elif self.a.message is None:
+                continue  # a ping before message_start
+            await self._send(obj, raw)
 
     async def _flush_stop(self) -> None:
         index = self._held_stop

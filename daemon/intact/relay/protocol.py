@@ -39,6 +39,11 @@ class AttemptFeed(Protocol):
     def finished(self) -> bool:
         """The upstream said the answer is complete (a finish/stop reason arrived)."""
 
+    def preamble(self, obj: Mapping[str, Any]) -> bool:
+        """Whether ``obj`` is sent before the model produces anything (Messages'
+        ``message_start``, Responses' ``response.created``): it does not decide a hedge race
+        or judge the upstream, and the feed holds it until the first content event."""
+
     async def on_chunk(self, obj: dict[str, Any], raw: bytes) -> None:
         """One upstream event; raises UpstreamFailure for error events and divergence."""
 

@@ -371,6 +371,7 @@ class ResponsesFeed:
         self._holding: int | str | None = None  # the _item_key of the held item
         self._held_call: list[tuple[dict[str, Any], bytes]] = []
         self._limit = answer.sent_limit
+        self._preamble: list[tuple[dict[str, Any], bytes]] = []  # held until content
 
     @property
     def finished(self) -> bool:
@@ -428,11 +429,19 @@ class ResponsesFeed:
             response = obj.get("response") or {}
             self.response_id = response.get("id")
             self.response_model = response.get("model")
+            if a.response is None and not a.background:
+                # Sent before the model produces anything: held until the first content
+                # event, so a failure right after it is retried as if nothing was sent. (A
+                # background response runs on regardless: it is reattached to instead.)
+                self._preamble.append((obj, raw))
+                return
             if a.response is None:
                 a.response = response
                 a.upstream = self.upstream
             await self._forward(obj, raw)
             return
+        if self._preamble:
+            await self._flush_preamble()
         if kind in _ENDINGS:
             self._end(obj, raw)
             return
@@ -454,6 +463,19 @@ class ResponsesFeed:
             a.refusal_sent = a.refusal_sent or part.get("type") == "refusal"
             a.text_part = obj.get("content_index", 0)
         await self._forward(obj, raw)
+
+    def preamble(self, obj: Mapping[str, Any]) -> bool:
+        return obj.get("type") in _STARTS and not self.a.background
+
+    async def _flush_preamble(self) -> None:
+        """The first content event: the response the app gets starts now."""
+        held, self._preamble = self._preamble, []
+        a = self.a
+        for obj, raw in held:
+            if a.response is None:
+                a.response = obj.get("response") or {}
+                a.upstream = self.upstream
+            await self._forward(obj, raw)
 
     async def _forward(self, obj: dict[str, Any], raw: bytes) -> None:
         seq = obj.get("sequence_number")
