@@ -171,6 +171,13 @@ def _parser() -> argparse.ArgumentParser:
         help="daemon config file (its upstreams are replaced by the simulator)",
     )
     demo.add_argument(
+        "--api",
+        choices=("chat", "messages", "responses"),
+        default="chat",
+        help="the API the demo's apps stream from: chat completions, Anthropic Messages (the "
+        "anthropic SDK) or OpenAI Responses (default chat)",
+    )
+    demo.add_argument(
         "--no-live", action="store_true", help="print periodic lines instead of the live view"
     )
 

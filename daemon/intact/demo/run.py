@@ -79,6 +79,7 @@ class DemoOptions:
     metrics_addr: str
     config_file: str | None
     live: bool
+    api: str = "chat"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, *, isatty: bool) -> DemoOptions:
@@ -93,6 +94,7 @@ class DemoOptions:
             metrics_addr=args.metrics_addr,
             config_file=args.config,
             live=isatty and not args.no_live,
+            api=getattr(args, "api", "chat"),
         )
         if opts.duration is not None and opts.duration <= 0:
             raise ValueError(f"--duration must be > 0 seconds, got {opts.duration!r}")
@@ -186,7 +188,7 @@ class Demo:
                 concurrency=opts.concurrency,
                 duration=opts.duration,
                 seed=opts.seed,
-                mix=ConversationMix(tools_fraction=0.05),
+                mix=ConversationMix(tools_fraction=0.05, api=opts.api),
                 error_pause=0.25,
             ),
             on_result=self._on_result,
@@ -296,11 +298,11 @@ class Demo:
             self.first_whole_at = result.finished
 
     def _on_breaker(self, event: BreakerEvent) -> None:
-        chat_requests = self.sim.stats.chat_requests
+        requests = self.sim.stats.generation_requests
         if event.new is BreakerState.OPEN:
-            self._open_since[event.upstream] = chat_requests
+            self._open_since[event.upstream] = requests
         elif event.old is BreakerState.OPEN and event.upstream in self._open_since:
-            self.requests_while_open += chat_requests - self._open_since.pop(event.upstream)
+            self.requests_while_open += requests - self._open_since.pop(event.upstream)
         if (
             event.new is BreakerState.CLOSED
             and self.restored_at is not None
@@ -319,7 +321,7 @@ class Demo:
             else "scheduled"
         )
         still_open = sum(
-            self.sim.stats.chat_requests - since for since in self._open_since.values()
+            self.sim.stats.generation_requests - since for since in self._open_since.values()
         )
         restored = self.restored_at
 
@@ -352,7 +354,7 @@ class Demo:
             explicit_errors=stats.explicit_errors,
             silent=stats.silent,
             garbled=stats.garbled,
-            upstream_attempts=sim.chat_requests - sim.requests_by_mode["down"],
+            upstream_attempts=sim.generation_requests - sim.requests_by_mode["down"],
             faults_injected=sum(sim.faults_injected.values()),
             down_rejections=sim.requests_by_mode["down"],
             fault_rate=self.opts.fault_rate,

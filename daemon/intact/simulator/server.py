@@ -294,6 +294,11 @@ class SimulatorStats:
     """Every /v1/ request, chat included, with its headers (not in `as_json`: they may
     carry an API key)."""
 
+    @property
+    def generation_requests(self) -> int:
+        """Every generation request, whatever its API (chat_requests counts chat alone)."""
+        return sum(self.requests_by_api.values())
+
     def as_json(self) -> dict[str, Any]:
         return {
             "chat_requests": self.chat_requests,
