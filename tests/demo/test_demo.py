@@ -60,6 +60,26 @@ def test_demo_runs_for_its_duration_and_prints_a_summary() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("api", ["messages", "responses"])
+def test_demo_streams_the_other_apis(api: str) -> None:
+    done = subprocess.run(
+        demo("--duration", "4", "--api", api, "--fault-rate", "0.2"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert int(summary_value(out, "streams").split()[0].replace(",", "")) > 0
+    assert summary_value(out, "broken").startswith("0 ")
+    attempts = re.search(r"of ([\d,]+) upstream attempts", summary_value(out, "interruption rate"))
+    assert attempts and int(attempts.group(1).replace(",", "")) > 0
+    assert "Traceback" not in out + done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
 def test_demo_stops_cleanly_on_ctrl_c() -> None:
     proc = subprocess.Popen(
         demo(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
