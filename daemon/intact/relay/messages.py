@@ -32,8 +32,9 @@ from aiohttp import web
 
 from intact.config import ANTHROPIC_VERSION, RecoveryConfig
 from intact.errors import AppError, invalid_request
+from intact.relay.event_sinks import NamedEventSink
 from intact.relay.request import parse_relay_headers
-from intact.relay.sinks import AppLimits, AppSink, CompletionSink, SSESink, json_response
+from intact.relay.sinks import AppLimits, AppSink, CompletionSink, json_response
 from intact.relay.text_answer import (
     SplicedText,
     TextAnswer,
@@ -499,37 +500,17 @@ class MessagesFeed:
 # -- sinks -------------------------------------------------------------------------------------
 
 
-def _frame(obj: Mapping[str, Any], raw: bytes | None) -> bytes:
-    data = raw if raw is not None else orjson.dumps(obj)
-    return b"event: " + str(obj.get("type", "message")).encode() + b"\ndata: " + data + b"\n\n"
+class MessagesSSESink(NamedEventSink):
+    """Anthropic's event stream: ``message_stop`` at the end, errors as ``event: error``
+    (the ``anthropic`` SDK raises it)."""
 
+    closing = _MESSAGE_STOP
 
-class MessagesSSESink(SSESink):
-    """Anthropic's event stream: named events, ``message_stop`` at the end, errors as
-    ``event: error`` (the ``anthropic`` SDK raises it)."""
+    def ending(self, error: AppError) -> bytes:
+        return error_event(error)
 
-    async def send_chunk(self, chunk: Mapping[str, Any], raw: bytes | None) -> None:
-        await self._put(_frame(chunk, raw))
-
-    async def finish(self, headers: Mapping[str, str]) -> None:
-        if self._writer is None:
-            await self._put(b"")
-        assert self._writer is not None
-        await self._writer.close(_MESSAGE_STOP)
-
-    async def fail(self, error: AppError) -> None:
-        if self._writer is None:
-            self.result = error_response(error)
-            return
-        await self._writer.close(error_event(error))
-
-    async def too_slow(self, error: AppError) -> None:
-        if self._writer is not None:
-            await self._writer.abandon(error_event(error))
-
-    async def abort(self, error: AppError, linger: float) -> None:
-        if self._writer is not None:
-            await self._writer.abandon(error_event(error), linger=linger)
+    def error_response(self, error: AppError) -> web.Response:
+        return error_response(error)
 
 
 class MessageCollector(CompletionSink):

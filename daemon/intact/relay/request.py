@@ -77,14 +77,9 @@ class ChatRequest:
 def parse_chat_request(raw: bytes, headers: dict[str, str] | Any) -> ChatRequest | AppError:
     """Parse and validate; return an OpenAI-shaped 400 for anything an upstream would refuse
     for certain, so it never costs an upstream call."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return invalid_request(
-            f"We could not parse the JSON body of your request: {exc}", code="invalid_json"
-        )
-    if not isinstance(body, dict):
-        return invalid_request("The request body must be a JSON object.", code="invalid_json")
+    body = parse_json_object(raw)
+    if isinstance(body, AppError):
+        return body
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return invalid_request(
@@ -157,3 +152,16 @@ def parse_relay_headers(headers: Mapping[str, str]) -> tuple[float | None, str |
                 code="invalid_resume",
             )
     return timeout, resume
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any] | AppError:
+    """The request body as a JSON object, or OpenAI's 400 for anything else."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return invalid_request(
+            f"We could not parse the JSON body of your request: {exc}", code="invalid_json"
+        )
+    if not isinstance(body, dict):
+        return invalid_request("The request body must be a JSON object.", code="invalid_json")
+    return body

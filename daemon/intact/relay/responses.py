@@ -35,8 +35,9 @@ from aiohttp import web
 
 from intact.config import RecoveryConfig
 from intact.errors import AppError, invalid_request
-from intact.relay.request import parse_relay_headers
-from intact.relay.sinks import AppLimits, AppSink, CompletionSink, SSESink, json_response
+from intact.relay.event_sinks import NamedEventSink, encode_named
+from intact.relay.request import parse_json_object, parse_relay_headers
+from intact.relay.sinks import AppLimits, AppSink, CompletionSink, json_response
 from intact.relay.text_answer import (
     SplicedText,
     TextAnswer,
@@ -97,14 +98,9 @@ class ResponsesRequest:
 
 
 def parse_responses_request(raw: bytes, headers: Mapping[str, str]) -> ResponsesRequest | AppError:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return invalid_request(
-            f"We could not parse the JSON body of your request: {exc}", code="invalid_json"
-        )
-    if not isinstance(body, dict):
-        return invalid_request("The request body must be a JSON object.", code="invalid_json")
+    body = parse_json_object(raw)
+    if isinstance(body, AppError):
+        return body
     model = body.get("model")
     if not isinstance(model, str) or not model:
         return invalid_request(
@@ -336,7 +332,7 @@ class ResponsesAnswer(TextAnswer):
                 "code": error.code,
             },
         }
-        return _frame(first, None) + _frame(second, None)
+        return encode_named(first, None) + encode_named(second, None)
 
 
 class ResponsesFeed:
@@ -722,44 +718,16 @@ def _at_limit(usage: Mapping[str, Any], limit: int | None) -> bool:
 # -- sinks -------------------------------------------------------------------------------------
 
 
-def _frame(obj: Mapping[str, Any], raw: bytes | None) -> bytes:
-    data = raw if raw is not None else orjson.dumps(obj)
-    return b"event: " + str(obj.get("type", "message")).encode() + b"\ndata: " + data + b"\n\n"
-
-
-class ResponsesSSESink(SSESink):
-    """The Responses event stream: named events, no ``[DONE]``; a lost stream ends with
-    ``response.failed`` and an ``error`` event."""
+class ResponsesSSESink(NamedEventSink):
+    """The Responses event stream: a lost stream ends with ``response.failed`` and an
+    ``error`` event, numbered after what the app has."""
 
     answer: ResponsesAnswer | None = None
 
-    async def send_chunk(self, chunk: Mapping[str, Any], raw: bytes | None) -> None:
-        await self._put(_frame(chunk, raw))
-
-    async def finish(self, headers: Mapping[str, str]) -> None:
-        if self._writer is None:
-            await self._put(b"")
-        assert self._writer is not None
-        await self._writer.close(b"")
-
-    def _ending(self, error: AppError) -> bytes:
+    def ending(self, error: AppError) -> bytes:
         if self.answer is None:
             return error.sse_event()
         return self.answer.failed_events(error)
-
-    async def fail(self, error: AppError) -> None:
-        if self._writer is None:
-            await super().fail(error)
-            return
-        await self._writer.close(self._ending(error))
-
-    async def too_slow(self, error: AppError) -> None:
-        if self._writer is not None:
-            await self._writer.abandon(self._ending(error))
-
-    async def abort(self, error: AppError, linger: float) -> None:
-        if self._writer is not None:
-            await self._writer.abandon(self._ending(error), linger=linger)
 
 
 class ResponseCollector(CompletionSink):
