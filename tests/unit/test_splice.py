@@ -843,10 +843,14 @@ def test_instruct_refuses_a_new_sentence_glued_to_a_word_cut_in_mid_sentence() -
     pieces = ["The", " sky", " blue", " is", " a", " beautiful", " sight", ",", " but", " it"]
     pieces += [" is", " not", " a", " physical", " phenomenon", "."]
     splicer = ContinuationSplicer(sent, SpliceLimits(), mode="instruct")
-    with pytest.raises(ContinuationDiverged):
+
+    def splice_all() -> None:
         for piece in pieces:
             splicer.feed(piece)
         splicer.finish()
+
+    with pytest.raises(ContinuationDiverged):
+        splice_all()
     going_on = ContinuationSplicer("The waves of the", SpliceLimits(), mode="instruct")
     assert (going_on.feed(" sea, calm and wide.") or "") + going_on.finish() == (
         " sea, calm and wide."
