@@ -15,6 +15,7 @@ variant, and each one's ratio to the pipe's (median of per-round ratios).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import os
 import statistics
@@ -34,14 +35,19 @@ from paths.pipe import BytePipe  # noqa: E402
 from report import Workload  # noqa: E402
 
 
-def parse_variant(text: str, workdir: Path, streams: int) -> IntactDaemon:
+def parse_variant(text: str, workdir: Path, streams: int) -> RelayPath:
+    """``name=SOURCE_DIR[:VAR=VALUE,...]``, or ``name=pipe[:VAR=VALUE,...]`` for another
+    byte pipe (e.g. with other environment variables)."""
     name, _, rest = text.partition("=")
     src, _, extra = rest.partition(":")
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(src).resolve())
+    if src != "pipe":
+        env["PYTHONPATH"] = str(Path(src).resolve())
     for pair in filter(None, extra.split(",")):
         key, _, value = pair.partition("=")
         env[key] = value
+    if src == "pipe":
+        return BytePipe(workdir, name=name, env=env)
     return IntactDaemon(workdir, streams, name=name, env=env)
 
 
@@ -54,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--ramp-rate", type=float, default=250.0)
     parser.add_argument("--no-pipe", action="store_true")
+    parser.add_argument(
+        "--parallel", action="store_true", help="load every path at once (N streams each)"
+    )
     parser.add_argument("--fault-rate", type=float, default=0.032)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", help="keep configs and logs here")
@@ -89,8 +98,38 @@ def main(argv: list[str] | None = None) -> int:
             results: dict[str, list[dict[str, Any]]] = {p.name: [] for p in paths}
             for rnd in range(args.rounds):
                 shift = rnd % len(paths)
-                for p in paths[shift:] + paths[:shift]:
-                    r = run_load(p, wl, sim, ramp=ramp, warmup=warmup, measure=measure, tag="ab")
+                order = paths[shift:] + paths[:shift]
+                if args.parallel:
+                    # Every path at once, each with its own load client: whatever else the
+                    # machine runs meanwhile weighs on all of them alike.
+                    with concurrent.futures.ThreadPoolExecutor(len(order)) as pool:
+                        futures = [
+                            pool.submit(
+                                run_load,
+                                p,
+                                wl,
+                                sim,
+                                ramp=ramp,
+                                warmup=warmup,
+                                measure=measure,
+                                tag="ab",
+                            )
+                            for p in order
+                        ]
+                        runs = [(p, f.result()) for p, f in zip(order, futures, strict=True)]
+                else:
+                    runs = []
+                    for p in order:
+                        runs.append(
+                            (
+                                p,
+                                run_load(
+                                    p, wl, sim, ramp=ramp, warmup=warmup, measure=measure, tag="ab"
+                                ),
+                            )
+                        )
+                        settle([q.pid for q in paths] + [sim.pid])
+                for p, r in runs:
                     results[p.name].append(r)
                     us = r["cpu_s"] / max(1, r["chunks"]) * 1e6
                     w = r["window_s"] or 1.0
@@ -101,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"  others {r['others_cpu_s'] / w * 100:3.0f}%  {r['outcomes']}",
                         flush=True,
                     )
+                if args.parallel:
                     settle([q.pid for q in paths] + [sim.pid])
         finally:
             for p in paths:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import os
 import signal
@@ -263,80 +264,23 @@ async def running_daemon(
         log.info("intact_stopped")
 
 
+# Python's cyclic GC, tuned for a relay (measured in docs/benchmarks.md). With the default
+# thresholds (700, 10, 10) it took about 30% of the daemon's CPU at 1,000 open streams and
+# starved it at 10,000: every few seconds a full collection walked the ~200 objects of every
+# open stream, finding almost nothing (the relay's hot path makes no reference cycles). A
+# young generation of 50,000 objects is collected a few times a minute at 1,000 streams
+# (a few ms each) and the middle one every 20 of those; a full collection still comes,
+# every 10 middle ones and only once the old generation grew by a quarter (CPython's rule),
+# so the rare cycles (a cancelled request's traceback) are freed, minutes later.
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
 def tune_gc() -> None:
-    import gc
-
-    spec = os.environ.get("XPERF_GC", "freeze:50000,20,100")
-    mode, _, thr = spec.partition(":")
-    if os.environ.get("XPERF_GCSTATS"):
-        import atexit
-        import sys
-        import time
-
-        stats = {0: [0, 0.0, 0], 1: [0, 0.0, 0], 2: [0, 0.0, 0]}
-        t0 = [0.0]
-
-        def cb(phase: str, info: dict[str, int]) -> None:
-            if phase == "start":
-                t0[0] = time.thread_time()
-            else:
-                st = stats[info["generation"]]
-                st[0] += 1
-                st[1] += time.thread_time() - t0[0]
-                st[2] += info["collected"]
-
-        gc.callbacks.append(cb)
-        import collections
-        import signal as _signal
-
-        def dump(*_a: object) -> None:
-            objs = gc.get_objects()
-            c = collections.Counter(
-                type(o).__qualname__ + ":" + str(getattr(type(o), "__module__", "")) for o in objs
-            )
-            print("GCDUMP", len(objs), gc.get_freeze_count(), file=sys.stderr)
-            for k, v in c.most_common(60):
-                print("GCDUMP", v, k, file=sys.stderr)
-            print("GCSTATS", stats, file=sys.stderr, flush=True)
-
-        _signal.signal(_signal.SIGUSR2, dump)
-        if os.environ.get("XPERF_GARBAGE"):
-            gc.set_debug(gc.DEBUG_SAVEALL)
-
-            def dumpg(*_a: object) -> None:
-                gc.collect()
-                c = collections.Counter(type(o).__qualname__ + ":" + str(getattr(type(o), "__module__", "")) for o in gc.garbage)
-                print("GARBAGE", len(gc.garbage), file=sys.stderr)
-                for k, v in c.most_common(50):
-                    print("GARBAGE", v, k, file=sys.stderr)
-                import pickle
-                with open("/tmp/garbage_sample.txt", "w") as f:
-                    for o in gc.garbage[:3000]:
-                        try:
-                            f.write(type(o).__qualname__ + " " + repr(o)[:300] + "\n")
-                        except Exception:
-                            pass
-                gc.garbage.clear()
-                sys.stderr.flush()
-
-            _signal.signal(_signal.SIGUSR1, dumpg)
-        atexit.register(
-            lambda: print(
-                "GCSTATS",
-                stats,
-                gc.get_count(),
-                len(gc.get_objects()),
-                gc.get_freeze_count(),
-                file=sys.stderr,
-                flush=True,
-            )
-        )
-    if "freeze" in mode:
-        gc.collect()
-        gc.freeze()
-    if thr:
-        a, b, c = (int(x) for x in thr.split("/"))
-        gc.set_threshold(a, b, c)
+    """Once the daemon is up: everything built at start-up (modules, config, sessions) is
+    moved out of the collector's sight for good, and the thresholds above apply."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 async def serve_until_signalled(

@@ -114,3 +114,112 @@ def test_any_split_of_a_stream_yields_the_same_events(stream: bytes, cuts: list[
 @given(stream=event_streams())
 def test_byte_at_a_time_equals_whole(stream: bytes) -> None:
     assert decode_all([stream[i : i + 1] for i in range(len(stream))]) == decode_all([stream])
+
+
+# -- the fast path ("data: ...\n\n" in one step) against a plain line-by-line reference --
+
+
+class LineDecoder:
+    """The WHATWG rules, one line at a time, nothing clever: the reference the decoder's
+    fast path must agree with."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.skip_lf = False  # the last read ended in CR: a leading LF belongs to it
+        self.data: list[bytes] = []
+        self.event: str | None = None
+        self.id: str | None = None
+        self.retry: int | None = None
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if self.skip_lf and chunk:
+            self.skip_lf = False
+            if chunk.startswith(b"\n"):
+                chunk = chunk[1:]
+        self.buf += chunk
+        out: list[SSEEvent] = []
+        while True:
+            cut = [i for i in (self.buf.find(b"\r"), self.buf.find(b"\n")) if i != -1]
+            if not cut:
+                return out
+            end = min(cut)
+            if self.buf[end : end + 1] == b"\r" and end + 1 == len(self.buf):
+                self.skip_lf = True  # a CR at the end: an LF may follow in the next read
+            step = 2 if self.buf[end : end + 2] == b"\r\n" else 1
+            line, self.buf = self.buf[:end], self.buf[end + step :]
+            self.line(line, out)
+
+    def line(self, line: bytes, out: list[SSEEvent]) -> None:
+        if not line:
+            if self.data:
+                out.append(SSEEvent(b"\n".join(self.data), self.event, self.id, self.retry))
+            self.data, self.event, self.retry = [], None, None
+            return
+        if line.startswith(b":"):
+            return
+        name, colon, value = line.partition(b":")
+        if colon and value.startswith(b" "):
+            value = value[1:]
+        if name == b"data":
+            self.data.append(value)
+        elif name == b"event":
+            self.event = value.decode("utf-8", "replace")
+        elif name == b"id" and b"\x00" not in value:
+            self.id = value.decode("utf-8", "replace")
+        elif name == b"retry" and value.isdigit():
+            self.retry = int(value)
+
+
+field_line = st.one_of(
+    payload.map(lambda p: b"data: " + p),
+    payload.map(lambda p: b"data:" + p),
+    st.just(b"data"),
+    payload.map(lambda p: b": " + p),
+    st.sampled_from([b"event: update", b"event:", b"id: 7", b"id: 8", b"retry: 1500"]),
+    st.sampled_from([b"retry: x", b"foo: bar", b"datax: y", b""]),
+)
+
+
+@st.composite
+def mixed_streams(draw: st.DrawFn) -> bytes:
+    parts: list[bytes] = []
+    for _ in range(draw(st.integers(0, 12))):
+        parts.append(draw(field_line) + draw(line_end))
+    return b"".join(parts)
+
+
+@settings(max_examples=500, deadline=None)
+@given(stream=mixed_streams(), cuts=st.lists(st.integers(0, 2000), max_size=8))
+def test_decoder_agrees_with_the_line_reference(stream: bytes, cuts: list[int]) -> None:
+    points = sorted({c % (len(stream) + 1) for c in cuts})
+    pieces = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    ref = LineDecoder()
+    expected = [e for piece in pieces for e in ref.feed(piece)]
+    assert decode_all(pieces) == expected
+    dec = SSEDecoder()
+    assert [d for piece in pieces for d in dec.feed_data(piece)] == [e.data for e in expected]
+
+
+def test_fast_path_frames_carry_the_last_id() -> None:
+    events = decode_all([b"id: 1\ndata: a\n\ndata: b\n\nid: 2\n\ndata: c\n\n"])
+    assert events == [SSEEvent(b"a", id="1"), SSEEvent(b"b", id="1"), SSEEvent(b"c", id="2")]
+
+
+def test_fast_path_respects_a_pending_event_field() -> None:
+    assert decode_all([b"event: e\n", b"data: x\n\ndata: y\n\n"]) == [
+        SSEEvent(b"x", event="e"),
+        SSEEvent(b"y"),
+    ]
+
+
+def test_fast_path_bounds_the_event_size() -> None:
+    dec = SSEDecoder(max_event_bytes=8)
+    assert dec.feed_data(b"data: 1234567\n\n") == [b"1234567"]
+    with pytest.raises(SSEProtocolError):
+        dec.feed_data(b"data: 12345678\n\n")
+
+
+def test_feed_data_is_feed_without_the_event_objects() -> None:
+    raw = b"event: x\ndata: 1\n\n: ping\n\ndata: 2\ndata: 3\n\ndata: [DONE]\n\n"
+    assert SSEDecoder().feed_data(raw) == [e.data for e in SSEDecoder().feed(raw)]
+    assert SSEDecoder().feed_data(raw) == [b"1", b"2\n3", b"[DONE]"]

@@ -13,7 +13,7 @@ upstream read, waits only while the buffer is over ``server.max_app_buffer_bytes
 
 How the buffer reaches the socket: one write per upstream read, the read's frames joined.
 While the app keeps up, that write is made right away (by ``room``, which the relay calls
-once per read, or on the loop's next turn for frames queued without a ``room`` after them):
+once per read; frames queued without a ``room`` after them are written a few ms later):
 aiohttp's write does not wait for the app unless it drains, which it does once every 64 KiB
 written, so a write that will not drain is handed to the transport at once, with no task
 switch. A write that will drain, and the end of the response, are made by a writer task,
@@ -39,6 +39,7 @@ _BATCH_BYTES = 64 * 1024  # frames joined into one socket write, at most about t
 _DRAIN_EVERY = 0x10000  # aiohttp's StreamWriter.write drains once this much was written
 _CHUNK_FRAMING = 16  # what chunked transfer encoding adds to a write, at most
 _FLUSH_POLL = 0.05  # seconds between looks at a lingering connection's send buffer
+_KICK_DELAY = 0.005  # at most this late, frames queued without a ``room`` after them
 
 
 class AppGone(Exception):
@@ -50,25 +51,24 @@ class AppTooSlow(Exception):
 
 
 class _Kicks:
-    """Writers with frames queued in this turn of the loop: one callback on the next turn
-    writes those that no ``room`` wrote meanwhile (a callback per writer per read would
-    cost more than the write it guards)."""
+    """Writers with frames queued and maybe no ``room`` to write them: a timer writes what
+    is still queued a few ms later. One timer per loop, armed at most once per delay (not a
+    callback per write: one scheduled for the loop's next turn would make the loop spin
+    once more, with another epoll call, for every upstream read)."""
 
-    __slots__ = ("loop", "pending", "scheduled")
+    __slots__ = ("armed", "loop", "pending")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.pending: list[AppWriter] = []
-        self.scheduled = False
+        self.armed = False
 
-    def add(self, writer: AppWriter) -> None:
-        self.pending.append(writer)
-        if not self.scheduled:
-            self.scheduled = True
-            self.loop.call_soon(self.run)
+    def arm(self) -> None:
+        self.armed = True
+        self.loop.call_later(_KICK_DELAY, self.run)
 
     def run(self) -> None:
-        self.scheduled = False
+        self.armed = False
         pending, self.pending = self.pending, []
         for writer in pending:
             writer._kick()
@@ -89,6 +89,7 @@ class AppWriter:
 
     __slots__ = (
         "_abandoned",
+        "_clock_due",
         "_eof",
         "_eof_started",
         "_failure",
@@ -136,8 +137,9 @@ class AppWriter:
         self._frames: list[bytes] = []
         self._queued = 0  # bytes in _frames plus the batch being written
         self._idle = True  # nothing queued or in flight
+        self._clock_due = False  # bytes were queued while idle: the app's clock may start
         self._writing = False  # the writer task is in a write (or writing the end)
-        self._kick_due = False  # a write on the loop's next turn is scheduled
+        self._kick_due = False  # in _Kicks' list: its timer writes what no room() wrote
         self._waiter: asyncio.Future[None] | None = None  # resolved by any progress
         self._task: asyncio.Task[None] | None = None  # the writer task, while one is needed
         self._progress = self._loop.time()
@@ -158,48 +160,63 @@ class AppWriter:
         if self._eof or self._abandoned:
             return
         if self._idle:
-            self._wake()
+            self._idle = False
+            self._clock_due = True
         self._frames.append(frame)
         self._queued += len(frame)
         if not self._kick_due:
-            # Written by ``room`` if one follows this turn of the loop, else by _kick.
+            # Written by the ``room`` that follows (the relay's, once per read), else by
+            # _kick a few ms later (a frame queued outside the relay's read loop).
             self._kick_due = True
-            self._kicks.add(self)
+            kicks = self._kicks
+            kicks.pending.append(self)
+            if not kicks.armed:
+                kicks.arm()
 
     def _wake(self) -> None:
-        """Bytes are about to wait for the app: its clock starts now if it had nothing
-        pending (time without anything to write is not the app's slowness)."""
+        """Bytes are about to wait for the app: see _start_clock."""
         if self._idle:
+            self._idle = False
+            self._clock_due = True
+        self._start_clock()
+
+    def _start_clock(self) -> None:
+        """The app's clock starts when bytes it had not pending begin to wait for it (time
+        without anything to write is not the app's slowness). Bytes written at once never
+        wait, so this runs only before the writer task or a wait for progress."""
+        if self._clock_due:
+            self._clock_due = False
             self._progress = self._loop.time()
             self._seen_buffer = self._buffer_size()
-            self._idle = False
 
     def _kick(self) -> None:
         self._kick_due = False
         if self._frames:
             self._flush()
 
-    def _writer_busy(self) -> bool:
-        task = self._task
-        return task is not None and not task.done()
-
     def _start_writer(self) -> None:
-        if not self._writer_busy():
+        if self._task is None:  # (a running writer takes what is queued meanwhile)
+            self._start_clock()
             self._task = self._loop.create_task(self._run(), name="intact-app-writer")
 
     def _flush(self) -> None:
         """Write what is queued now if the write cannot wait for the app (see the module
         docstring); else leave it to the writer task."""
+        frames = self._frames
         if (
-            not self._frames
+            not frames
             or self._eof
             or self._abandoned
             or self._failure is not None
-            or self._writer_busy()  # it takes what is queued when its write returns
+            or self._task is not None  # it takes what is queued when its write returns
         ):
             return
         payload = self._payload
-        batch = self._next_batch()
+        if len(frames) == 1:
+            batch = frames[0]
+            self._frames = []
+        else:
+            batch = self._next_batch()
         if payload is None or payload.buffer_size + len(batch) + _CHUNK_FRAMING > _DRAIN_EVERY:
             self._frames.insert(0, batch)  # this write drains: the writer task's job
             self._start_writer()
@@ -222,10 +239,13 @@ class AppWriter:
         self._queued -= len(batch)
         self._progress = self._loop.time()
         self._seen_buffer = self._buffer_size()
+        self._clock_due = False
         if self._frames:
             self._start_writer()  # more than a batch was queued: the task writes the rest
         else:
-            self._set_idle()
+            self._idle = True
+            if self._waiter is not None:
+                self._notify()
 
     def _notify(self) -> None:
         waiter = self._waiter
@@ -273,6 +293,7 @@ class AppWriter:
         """Wait for the writer's next step (a write done, the end written, a failure)."""
         if self._failure is not None:
             raise AppGone() from self._failure
+        self._start_clock()
         remaining = self._progress + self._timeout - self._loop.time()
         if remaining <= 0:
             if not self._app_read_meanwhile():
@@ -346,11 +367,13 @@ class AppWriter:
                 self._eof_started = True
                 self._writing = True
                 await resp.write_eof()
+            self._task = None
             self._set_idle()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # ConnectionResetError, ClientConnectionResetError, ...
             self._failure = exc
+            self._task = None
             self._set_idle()
 
     async def abandon(self, final: bytes, *, linger: float | None = None) -> None:

@@ -87,13 +87,6 @@ class SSESink:
 
     __slots__ = ("_limits", "_request", "_writer", "result")
 
-    # Whether send_chunk is this class's (a subclass framing other events overrides it).
-    _plain_frames = True
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls._plain_frames = cls.send_chunk is SSESink.send_chunk
-
     def __init__(self, request: web.Request, limits: AppLimits) -> None:
         self._request = request
         self._limits = limits
@@ -131,16 +124,6 @@ class SSESink:
             writer.put(frame)  # committed: no coroutine needed (this is the hot path)
         else:
             await self._put(frame)
-
-    def send_chunk_now(self, chunk: Mapping[str, Any], raw: bytes | None) -> bool:
-        """``send_chunk`` without a coroutine, for the relay's hot path: True if the chunk
-        was queued, False if ``send_chunk`` must be awaited instead (nothing committed yet,
-        or a subclass frames its chunks its own way)."""
-        writer = self._writer
-        if writer is None or not self._plain_frames:
-            return False
-        writer.put(encode_data(raw if raw is not None else orjson.dumps(chunk)))
-        return True
 
     async def send_comment(self, text: str) -> None:
         if self._writer is not None:

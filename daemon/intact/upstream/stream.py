@@ -31,6 +31,7 @@ class UpstreamStream:
     """``async with`` opens the stream; ``next_batch`` yields the events of one read."""
 
     __slots__ = (
+        "_batch",
         "_call",
         "_client",
         "_decoder",
@@ -63,6 +64,7 @@ class UpstreamStream:
         )
         self._decoder = SSEDecoder()
         self._resp: aiohttp.ClientResponse | None = None
+        self._batch: list[Event] = []  # what next_batch returns, refilled by each call
         self.got_first = False  # an event arrived (the upstream is serving)
         self.done = False  # [DONE] arrived: the upstream ended the stream on purpose
 
@@ -110,7 +112,13 @@ class UpstreamStream:
 
     async def next_batch(self) -> list[Event] | None:
         """The events of the next read (possibly none: comments, keep-alives, a partial
-        event); None when the stream ended ([DONE] or end of body: see ``done``)."""
+        event); None when the stream ended ([DONE] or end of body: see ``done``).
+
+        The list is this reader's and valid until the next call, which empties it first:
+        the previous read's parsed chunks are not kept alive while the stream waits for
+        its upstream (an idle stream would hold its last chunk, ~1 KB, for nothing)."""
+        batch = self._batch
+        batch.clear()
         if self.done:
             return None
         resp = self._resp
@@ -131,20 +139,19 @@ class UpstreamStream:
         if not data:
             return None
         try:
-            events = self._decoder.feed(data)
+            payloads = self._decoder.feed_data(data)
         except SSEProtocolError as exc:
             raise classify.protocol_error(str(exc)) from None
-        batch: list[Event] = []
-        for event in events:
-            raw = event.data
+        loads = orjson.loads
+        for raw in payloads:
             if raw == DONE_DATA:
                 self.done = True
                 break
             try:
-                obj = orjson.loads(raw)
+                obj = loads(raw)
             except orjson.JSONDecodeError:
                 raise classify.protocol_error("event data is not JSON") from None
-            if not isinstance(obj, dict):
+            if type(obj) is not dict:
                 raise classify.protocol_error("event data is not a JSON object")
             batch.append((obj, raw))
         if batch:
