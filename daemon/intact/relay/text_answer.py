@@ -39,7 +39,11 @@ class ReceivedText:
     def add(self, text: str) -> None:
         if not text:
             return
-        self.parts.append(text)
+        parts = self.parts
+        parts.append(text)
+        if len(parts) >= 32:
+            # One small string per token costs ~60 bytes each on a long, slow stream.
+            self.parts = ["".join(parts)]
         self.chars += len(text)
         if text.isspace():
             self.ws_tail += 1
