@@ -39,8 +39,6 @@ from intact.relay.text_answer import (
     SplicedText,
     TextAnswer,
     check_added_text,
-    max_tokens_after,
-    splice_mode,
 )
 from intact.resilience import classify
 from intact.upstream.client import UpstreamCall
@@ -54,9 +52,6 @@ _THINKING = frozenset({"thinking", "redacted_thinking"})
 # failure right after them (an in-band overloaded_error) is retried as if nothing was sent.
 _PREAMBLE = frozenset({"message_start", "ping"})
 _MESSAGE_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
-# A continuation asks for at least this many tokens, so the splicer sees enough of it to
-# tell a restated tail from new text; intact stops forwarding at the app's own max_tokens.
-CONTINUATION_MIN_TOKENS = 16
 
 # Anthropic's error types by HTTP status (https://docs.anthropic.com/en/api/errors).
 _ERROR_TYPES = {
@@ -207,15 +202,11 @@ class MessagesAnswer(TextAnswer):
     ) -> UpstreamCall:
         body = {**base_body, "model": model}
         if self.text.chars and self.started:
-            sent, generated = self.continuation_prompt(mode)
-            turns: list[dict[str, Any]] = [{"role": "assistant", "content": sent}]
-            if splice_mode(mode) == "instruct":
-                turns.append({"role": "user", "content": instruct_prompt})
+            turns, limit = self.continuation(base_body, mode, instruct_prompt, "max_tokens")
             body["messages"] = [*base_body["messages"], *turns]
             body.pop("thinking", None)  # the app has its thinking; a prefill cannot think
-            limit = max_tokens_after(base_body, "max_tokens", generated)
             if limit is not None:
-                body["max_tokens"] = max(limit, CONTINUATION_MIN_TOKENS)
+                body["max_tokens"] = limit
         return UpstreamCall(MESSAGES_PATH, orjson.dumps(body), headers=_VERSION)
 
     def attempt(self, mode: str = "instruct") -> MessagesFeed:

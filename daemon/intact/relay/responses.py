@@ -42,16 +42,11 @@ from intact.relay.text_answer import (
     SplicedText,
     TextAnswer,
     check_added_text,
-    max_tokens_after,
-    splice_mode,
 )
 from intact.resilience import classify
 from intact.upstream.client import UpstreamCall
 
 RESPONSES_PATH = "/responses"
-# OpenAI refuses max_output_tokens below 16: a continuation asks for at least that and
-# intact stops forwarding at the app's own limit.
-MIN_OUTPUT_TOKENS = 16
 _TEXT_DONE = frozenset(
     {"response.output_text.done", "response.content_part.done", "response.output_item.done"}
 )
@@ -259,17 +254,14 @@ class ResponsesAnswer(TextAnswer):
         limit = base_body.get("max_output_tokens")
         self.sent_limit = limit if isinstance(limit, int) else None
         if self.started and self.text.chars:
-            sent, generated = self.continuation_prompt(mode)
-            turns = [_message("assistant", sent)]
-            if splice_mode(mode) == "instruct":
-                turns.append(_message("user", instruct_prompt))
-            body["input"] = [*_input_items(base_body.get("input")), *turns]
+            turns, limit = self.continuation(base_body, mode, instruct_prompt, "max_output_tokens")
+            items = [_message(turn["role"], turn["content"]) for turn in turns]
+            body["input"] = [*_input_items(base_body.get("input")), *items]
             # Streamed and thrown away once spliced: never kept, never in the background.
             body["background"] = False
             body["store"] = False
-            limit = max_tokens_after(base_body, "max_output_tokens", generated)
             if limit is not None:
-                body["max_output_tokens"] = self.sent_limit = max(limit, MIN_OUTPUT_TOKENS)
+                body["max_output_tokens"] = self.sent_limit = limit
         return UpstreamCall(RESPONSES_PATH, orjson.dumps(body))
 
     def attempt(self, mode: str = "instruct") -> ResponsesFeed:

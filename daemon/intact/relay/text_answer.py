@@ -19,6 +19,11 @@ from intact.recovery.splice import ContinuationDiverged, ContinuationSplicer, Sp
 from intact.relay.sinks import AppSink
 from intact.resilience import classify
 
+# A continuation asks for at least this many tokens: OpenAI's floor for max_output_tokens,
+# and enough for the splicer to tell a restated tail from new text. intact stops forwarding
+# at the app's own limit.
+CONTINUATION_MIN_TOKENS = 16
+
 # Modes whose continuation carries the partial text; "prefix" has no meaning outside chat
 # completions and is served as "prefill" (the partial as the final assistant turn).
 SPLICE_MODES = frozenset({"prefill", "prefix", "instruct"})
@@ -110,6 +115,19 @@ class TextAnswer:
         if mode == "restart" and answer_started:
             return "resume mode 'restart' cannot continue an answer the app already has"
         return None
+
+    def continuation(
+        self, base_body: Mapping[str, Any], mode: str, instruct_prompt: str, limit_key: str
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """The turns a continuation in ``mode`` adds (the partial as the assistant's, then,
+        in ``instruct``, the instruction as the user's) and its output limit: what the app's
+        ``limit_key`` has left, at least CONTINUATION_MIN_TOKENS (None: the app set none)."""
+        sent, generated = self.continuation_prompt(mode)
+        turns: list[dict[str, Any]] = [{"role": "assistant", "content": sent}]
+        if splice_mode(mode) == "instruct":
+            turns.append({"role": "user", "content": instruct_prompt})
+        limit = max_tokens_after(base_body, limit_key, generated)
+        return turns, None if limit is None else max(limit, CONTINUATION_MIN_TOKENS)
 
     def continuation_prompt(self, mode: str) -> tuple[str, int]:
         """(the partial text a continuation in ``mode`` carries, the tokens already
