@@ -1,5 +1,5 @@
 """The daemon is what the daemon needs: its runtime dependencies leave out the demo's (rich,
-openai, httpx), which come with the extra `intact[demo]`, and `intact run`, `check-config` and
+openai, httpx, anthropic), which come with the extra `intact[demo]`, and `intact run`, `check-config` and
 `simulate-upstream` work with those packages made unimportable (as after `pip install intact`
 without the extra)."""
 
@@ -21,7 +21,7 @@ import pytest
 pytestmark = pytest.mark.timeout(60)
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO_ONLY = {"rich", "openai", "httpx"}
+DEMO_ONLY = {"rich", "openai", "httpx", "anthropic"}
 
 # `intact` with the demo's packages unimportable, whether installed here or not.
 WITHOUT_DEMO_EXTRA = textwrap.dedent(
