@@ -1,7 +1,7 @@
 """The daemon is what the daemon needs: its runtime dependencies leave out the demo's (rich,
-openai, httpx, anthropic), which come with the extra `intact[demo]`, and `intact run`, `check-config` and
-`simulate-upstream` work with those packages made unimportable (as after `pip install intact`
-without the extra)."""
+openai, httpx, anthropic), which come with the extra `intact[demo]`, and `intact run`,
+`check-config` and `simulate-upstream` work with those packages made unimportable (as after
+`pip install intact` without the extra)."""
 
 from __future__ import annotations
 
