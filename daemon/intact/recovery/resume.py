@@ -98,8 +98,31 @@ def resume_request(
     return body
 
 
-def json_response_format(body: Mapping[str, Any]) -> str | None:
-    """The structured-output type the request asks for (``json_object``/``json_schema``)."""
-    fmt = body.get("response_format")
-    kind = fmt.get("type") if isinstance(fmt, Mapping) else None
-    return kind if kind in ("json_object", "json_schema") else None
+# Where each API asks for structured output: chat's response_format, Responses'
+# text.format, Anthropic's output_format.
+_FORMAT_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("response_format",),
+    ("text", "format"),
+    ("output_format",),
+)
+
+
+def structured_output(body: Mapping[str, Any]) -> str | None:
+    """The structured output the request asks for, as "<field> <type>" (e.g.
+    "response_format json_schema"), or None."""
+    for path in _FORMAT_FIELDS:
+        fmt: Any = body
+        for key in path:
+            fmt = fmt.get(key) if isinstance(fmt, Mapping) else None
+        kind = fmt.get("type") if isinstance(fmt, Mapping) else None
+        if kind in ("json_object", "json_schema"):
+            return f"{'.'.join(path)} {kind}"
+    return None
+
+
+def json_not_resumable(output: str) -> str:
+    """Why a JSON answer (``output``, from ``structured_output``) cannot be continued."""
+    return (
+        f"a JSON answer ({output}) cannot be continued: the upstream applies the format "
+        "from the start of its continuation"
+    )

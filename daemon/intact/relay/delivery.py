@@ -36,10 +36,10 @@ from typing import Any
 import orjson
 
 from intact.config import RecoveryConfig
-from intact.recovery.resume import json_response_format, resume_request
-from intact.recovery.splice import ContinuationDiverged, ContinuationSplicer, SpliceLimits
+from intact.recovery.resume import json_not_resumable, resume_request, structured_output
+from intact.recovery.splice import ContinuationDiverged, ContinuationSplicer
 from intact.relay.sinks import AppSink
-from intact.relay.text_answer import ReceivedText, check_added_text
+from intact.relay.text_answer import ReceivedText, check_added_text, splice_limits
 from intact.relay.usage import AttemptTokens, recovered_usage
 from intact.resilience import classify
 from intact.upstream.client import UpstreamCall
@@ -145,11 +145,7 @@ class Delivery:
         # A tool call the app saw only partly (buffering off, or over the size bound).
         self.partial_tool_call_visible = False
         self.too_long_to_resume = False
-        self.limits = SpliceLimits(
-            min_overlap_chars=recovery.min_overlap_chars,
-            max_overlap_chars=recovery.max_overlap_chars,
-            divergence_chars=recovery.divergence_chars,
-        )
+        self.limits = splice_limits(recovery)
 
     @property
     def resumable(self) -> bool:
@@ -238,14 +234,11 @@ class Delivery:
             return "it broke during the model's reasoning, which no resume mode can continue"
         if mode == "restart" and self.answer_started:
             return "resume mode 'restart' cannot continue an answer the app already has"
-        json_kind = json_response_format(body) if body is not None else None
-        if json_kind and (self._content.chars or self._refusal.chars):
+        output = structured_output(body) if body is not None else None
+        if output and (self._content.chars or self._refusal.chars):
             if mode == "instruct":
                 return "a JSON answer cannot be continued by instruction"
-            return (
-                f"a JSON answer (response_format {json_kind}) cannot be continued: the "
-                "upstream applies the format from the start of its continuation"
-            )
+            return json_not_resumable(output)
         return None
 
     def resume_body(

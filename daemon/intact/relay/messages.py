@@ -32,6 +32,7 @@ from aiohttp import web
 
 from intact.config import ANTHROPIC_VERSION, RecoveryConfig
 from intact.errors import AppError, invalid_request
+from intact.recovery.resume import json_not_resumable, structured_output
 from intact.relay.event_sinks import NamedEventSink
 from intact.relay.request import parse_relay_headers
 from intact.relay.sinks import AppLimits, AppSink, CompletionSink, json_response
@@ -183,12 +184,9 @@ class MessagesAnswer(TextAnswer):
             return f"a {self.unresumable_block} block was already sent to the app"
         if self.open_type in _THINKING:
             return "it broke during the model's thinking, which cannot be continued"
-        fmt = (body or {}).get("output_format") or {}
-        if self.text.chars and isinstance(fmt, Mapping) and fmt.get("type") == "json_schema":
-            return (
-                "a JSON answer (output_format json_schema) cannot be continued: the upstream "
-                "applies the format from the start of its continuation"
-            )
+        output = structured_output(body or {})
+        if self.text.chars and output:
+            return json_not_resumable(output)
         return None
 
     def next_call(

@@ -35,6 +35,7 @@ from aiohttp import web
 
 from intact.config import RecoveryConfig
 from intact.errors import AppError, invalid_request
+from intact.recovery.resume import json_not_resumable, structured_output
 from intact.relay.event_sinks import NamedEventSink, encode_named
 from intact.relay.request import parse_json_object, parse_relay_headers
 from intact.relay.sinks import AppLimits, AppSink, CompletionSink, json_response
@@ -225,12 +226,9 @@ class ResponsesAnswer(TextAnswer):
             return f"a {self.unresumable_item} output item was already sent to the app"
         if self.refusal_sent:
             return "a refusal was already sent to the app, which cannot be continued"
-        fmt = ((body or {}).get("text") or {}).get("format") or {}
-        if self.text.chars and fmt.get("type") in ("json_schema", "json_object"):
-            return (
-                f"a JSON answer (text.format {fmt['type']}) cannot be continued: the upstream "
-                "applies the format from the start of its continuation"
-            )
+        output = structured_output(body or {})
+        if self.text.chars and output:
+            return json_not_resumable(output)
         if self.open_item is not None and self.items[self.open_item].type == "reasoning":
             return "it broke during the model's reasoning, which no resume mode can continue"
         return None

@@ -61,6 +61,15 @@ class ReceivedText:
         return self.parts[0] if self.parts else ""
 
 
+def splice_limits(recovery: RecoveryConfig) -> SpliceLimits:
+    """The splicer's bounds from the ``[recovery]`` settings."""
+    return SpliceLimits(
+        min_overlap_chars=recovery.min_overlap_chars,
+        max_overlap_chars=recovery.max_overlap_chars,
+        divergence_chars=recovery.divergence_chars,
+    )
+
+
 def splice_mode(mode: str) -> str:
     return "prefill" if mode == "prefix" else mode if mode in SPLICE_MODES else "instruct"
 
@@ -77,11 +86,7 @@ class TextAnswer:
         self.tokens_delivered = 0  # events of every kind the app got that carry a token
         self.answer_tokens = 0  # of which answer text
         self.reasoning_sent = False  # thinking / reasoning reached the app
-        self.limits = SpliceLimits(
-            min_overlap_chars=recovery.min_overlap_chars,
-            max_overlap_chars=recovery.max_overlap_chars,
-            divergence_chars=recovery.divergence_chars,
-        )
+        self.limits = splice_limits(recovery)
 
     @property
     def answer_chars(self) -> int:
