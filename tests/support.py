@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,9 @@ from intact.simulator import SimulatedUpstream, SimulatorSettings
 from intact.telemetry.api import Telemetry
 
 FAST_SIM = SimulatorSettings(tok_per_s=0, ttft=0.0, seed=1, repeat_prob=0.0)
+
+# A fixture's factory of started simulators (keyword arguments override its settings).
+StartSim = Callable[..., Awaitable[SimulatedUpstream]]
 
 # The simulator speaks chat completions, Responses and Anthropic Messages alike.
 ALL_APIS = ["chat", "responses", "messages"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -15,10 +15,11 @@ import httpx2
 import openai
 import pytest
 
-from intact.simulator import SimulatedUpstream, SimulatorSettings
+from intact.simulator import SimulatedUpstream
 from intact.simulator import responses_api as responses_module
 from intact.simulator.anthropic_api import expected_message
 from intact.simulator.responses_api import expected_response
+from support import StartSim
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -32,34 +33,6 @@ FAST: dict[str, Any] = {
 QUESTION = "Tell me a story about a lighthouse."
 SYSTEM = "You are helpful."
 ANTHROPIC_HEADERS = {"anthropic-version": "2023-06-01", "x-api-key": "x"}
-
-StartSim = Callable[..., Awaitable[SimulatedUpstream]]
-
-
-@pytest.fixture
-async def start_sim() -> AsyncIterator[StartSim]:
-    started: list[SimulatedUpstream] = []
-
-    async def start(**overrides: Any) -> SimulatedUpstream:
-        sim = SimulatedUpstream(SimulatorSettings(**{**FAST, **overrides}))
-        await sim.start()
-        started.append(sim)
-        return sim
-
-    yield start
-    for sim in started:
-        await sim.stop()
-
-
-@pytest.fixture
-async def sim(start_sim: StartSim) -> SimulatedUpstream:
-    return await start_sim()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-        yield session
 
 
 _clients: list[anthropic.AsyncAnthropic | openai.AsyncOpenAI] = []

@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -23,6 +23,7 @@ from intact.simulator import (
 from intact.simulator.faults import FaultSpec
 from intact.simulator.styles import paraphrase
 from intact.simulator.text import Variant, answer_for
+from support import StartSim
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -39,34 +40,6 @@ WEATHER_TOOL: Any = {
     },
 }
 FAST: dict[str, Any] = {"tok_per_s": 0.0, "ttft": 0.0, "repeat_prob": 0.0, "seed": 7}
-
-StartSim = Callable[..., Awaitable[SimulatedUpstream]]
-
-
-@pytest.fixture
-async def start_sim() -> AsyncIterator[StartSim]:
-    started: list[SimulatedUpstream] = []
-
-    async def start(**overrides: Any) -> SimulatedUpstream:
-        sim = SimulatedUpstream(SimulatorSettings(**{**FAST, **overrides}))
-        await sim.start()
-        started.append(sim)
-        return sim
-
-    yield start
-    for sim in started:
-        await sim.stop()
-
-
-@pytest.fixture
-async def sim(start_sim: StartSim) -> SimulatedUpstream:
-    return await start_sim()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-        yield session
 
 
 def sdk(sim: SimulatedUpstream, api_key: str = "x") -> openai.AsyncOpenAI:
